@@ -1,0 +1,57 @@
+# Two commands do all set-up (see README):
+#   make reproduce   create .venv if missing, install, run the notebooks on the CPU default
+#   make test        same bootstrap, then lint, type check, pytest and nbval
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= cpu-tiny
+DATA_ROOT ?= data
+PYTEST_ARGS ?=
+
+# Every cache that Jupyter, matplotlib, torch or HF would put in $HOME lives in .cache/.
+CACHE := $(CURDIR)/.cache
+export MPLCONFIGDIR := $(CACHE)/matplotlib
+export JUPYTER_CONFIG_DIR := $(CACHE)/jupyter/config
+export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
+export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
+export JUPYTER_PLATFORM_DIRS := 1
+export IPYTHONDIR := $(CACHE)/ipython
+export HF_HOME := $(CACHE)/huggingface
+export TORCH_HOME := $(CACHE)/torch
+export XDG_CACHE_HOME := $(CACHE)/xdg
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: venv reproduce test lint typecheck pytest format clean
+
+# The stamp depends on the install inputs: editing them reinstalls, nothing else does.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+reproduce: venv
+	$(PY) -m hdmnet_core reproduce --profile $(PROFILE) --data-root $(DATA_ROOT)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: venv
+	$(PY) -m mypy
+
+pytest: venv
+	$(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-current-env tests notebooks $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf .cache .pytest_cache .mypy_cache .ruff_cache runs

@@ -1,0 +1,1 @@
+"""Datasets, fold splits, episodes and transforms. Never imports :mod:`hdmnet_core.model`."""

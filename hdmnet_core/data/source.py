@@ -1,0 +1,59 @@
+"""What every dataset reader provides, so that the episode sampler is one piece of code.
+
+A *source* is one split of one prepared dataset (``synthetic/train``, ``pascal/val``,
+...). It is a sequence of (image, class-index mask) pairs plus, for every image, the
+pixel area of each class it contains. Areas are computed once when the data is
+prepared, so building fold lists never decodes a mask.
+
+Conventions (reference section 1):
+- images: ``(H, W, 3)`` uint8 RGB numpy arrays, values 0..255;
+- masks: ``(H, W)`` uint8 numpy arrays of dataset class ids, 0 = background,
+  255 = ignore (e.g. VOC's object borders);
+- class areas: ``{class_id: pixel_count}`` for every foreground class present
+  (0 and 255 are never keys), at the original resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class DataError(RuntimeError):
+    """A dataset file is missing, truncated, unreadable or inconsistent.
+
+    The message always names the file and the problem.
+    """
+
+
+@runtime_checkable
+class SegmentationSource(Protocol):
+    name: str
+    """e.g. ``"synthetic/train"`` or ``"pascal/val"``."""
+    dataset: str
+    """``"synthetic"``, ``"pascal"``, ``"coco"`` or ``"fss1000"``."""
+
+    def __len__(self) -> int: ...
+
+    def image_name(self, index: int) -> str:
+        """A stable, human-readable id of image ``index`` (file stem or key)."""
+        ...
+
+    def load_image(self, index: int) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB."""
+        ...
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """``(H, W)`` uint8 class ids, 0 background, 255 ignore."""
+        ...
+
+    def class_areas(self, index: int) -> dict[int, int]:
+        """Pixel count of each foreground class in image ``index`` (no decoding)."""
+        ...
+
+
+def compute_class_areas(mask: np.ndarray) -> dict[int, int]:
+    """``{class_id: pixels}`` for the foreground classes of a class-index mask."""
+    values, counts = np.unique(mask, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True) if v not in (0, 255)}

@@ -1,0 +1,255 @@
+"""The main job: execute the ordered notebooks headlessly with papermill and tabulate results.
+
+``python -m hdmnet_core reproduce --profile cpu-tiny`` (what ``make reproduce`` runs)
+executes every notebook of :data:`NOTEBOOKS` in order into ``runs/<UTC timestamp>/``
+with the papermill parameters ``profile``, ``data_root``, ``output_dir`` and
+``overrides``. Notebooks report their numbers with :func:`record_result`; the runner
+gathers them into ``results.json`` and ``results.md`` in the run folder. The full-size
+reproduction is the same command with another profile and data root on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hdmnet_core.atomic import atomic_write_json, atomic_write_text
+from hdmnet_core.config import PROFILES, Config, ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+
+# The ordered notebooks of the main job. Later notebooks join this list.
+NOTEBOOKS: tuple[str, ...] = ("00_episodes_and_data.ipynb",)
+
+RESULTS_SUBDIR = "results"
+
+
+@dataclass
+class NotebookRun:
+    notebook: str
+    seconds: float
+    output: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def record_result(
+    output_dir: str | os.PathLike[str] | None,
+    notebook: str,
+    key: str,
+    value: float | int | str,
+    description: str = "",
+) -> None:
+    """Record one number of ``notebook`` for the run's results table.
+
+    Interactive sessions pass ``output_dir=None`` (the papermill default), which records
+    nothing. Records of the same ``key`` replace each other, so re-running a cell is safe.
+    """
+    if output_dir is None:
+        return
+    if not isinstance(value, (int, float, str)):
+        raise TypeError(
+            f"record_result({key!r}): value must be a number or string, got {type(value).__name__}"
+        )
+    path = Path(output_dir) / RESULTS_SUBDIR / f"{Path(notebook).stem}.json"
+    records = json.loads(path.read_text()) if path.exists() else []
+    records = [r for r in records if r["key"] != key]
+    records.append(
+        {"notebook": Path(notebook).stem, "key": key, "value": value, "description": description}
+    )
+    atomic_write_json(path, records)
+
+
+def read_results(output_dir: Path, notebook: str) -> list[dict[str, Any]]:
+    path = output_dir / RESULTS_SUBDIR / f"{Path(notebook).stem}.json"
+    if not path.exists():
+        return []
+    records: list[dict[str, Any]] = json.loads(path.read_text())
+    return records
+
+
+def run_notebooks(
+    profile: str,
+    data_root: str,
+    out_root: Path,
+    notebooks: tuple[str, ...] = NOTEBOOKS,
+    overrides: dict[str, Any] | None = None,
+    run_name: str | None = None,
+    log_output: bool = False,
+) -> Path:
+    """Execute ``notebooks`` in order into a new run folder; return that folder."""
+    import papermill  # local import: only this command needs it
+
+    overrides = dict(overrides or {})
+    Config.from_profile(profile, **overrides)  # fail fast on a bad profile or override
+    missing = [nb for nb in notebooks if not (NOTEBOOK_DIR / nb).exists()]
+    if missing:
+        raise FileNotFoundError(f"notebook(s) not found in {NOTEBOOK_DIR}: {missing}")
+
+    run_name = run_name or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = out_root / run_name
+    if run_dir.exists():
+        raise FileExistsError(f"run folder {run_dir} exists already; choose another --run-name")
+    run_dir.mkdir(parents=True)
+    data_root_abs = str(Path(data_root).resolve())
+
+    runs: list[NotebookRun] = []
+    for notebook in notebooks:
+        print(f"[reproduce] {notebook} (profile {profile}) ...", flush=True)
+        start = time.perf_counter()
+        papermill.execute_notebook(
+            str(NOTEBOOK_DIR / notebook),
+            str(run_dir / notebook),
+            parameters={
+                "profile": profile,
+                "data_root": data_root_abs,
+                "output_dir": str(run_dir),
+                "overrides": overrides,
+            },
+            cwd=str(NOTEBOOK_DIR),
+            log_output=log_output,
+            progress_bar=False,
+        )
+        seconds = time.perf_counter() - start
+        runs.append(NotebookRun(notebook, seconds, notebook, read_results(run_dir, notebook)))
+        print(f"[reproduce] {notebook} done in {seconds:.1f} s", flush=True)
+
+    write_summary(run_dir, profile, data_root_abs, overrides, runs)
+    return run_dir
+
+
+def write_summary(
+    run_dir: Path,
+    profile: str,
+    data_root: str,
+    overrides: dict[str, Any],
+    runs: list[NotebookRun],
+) -> None:
+    """Write ``results.json`` (everything) and ``results.md`` (a readable table)."""
+    summary = {
+        "profile": profile,
+        "data_root": data_root,
+        "overrides": overrides,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "environment": environment_facts(),
+        "notebooks": [
+            {"notebook": r.notebook, "seconds": round(r.seconds, 1), "results": r.results}
+            for r in runs
+        ],
+    }
+    atomic_write_json(run_dir / "results.json", summary)
+
+    lines = [
+        f"# Results of run `{run_dir.name}`",
+        "",
+        f"Profile `{profile}`, data root `{data_root}`, overrides `{json.dumps(overrides)}`.",
+        f"Environment: {summary['environment']}.",
+        "",
+        "| notebook | result | value | meaning |",
+        "|---|---|---|---|",
+    ]
+    for run in runs:
+        for record in run.results:
+            value = record["value"]
+            shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+            lines.append(
+                f"| {record['notebook']} | {record['key']} | {shown} | {record['description']} |"
+            )
+    lines += ["", "| notebook | seconds |", "|---|---|"]
+    lines += [f"| {r.notebook} | {r.seconds:.1f} |" for r in runs]
+    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
+
+
+def environment_facts() -> dict[str, str]:
+    import torch
+
+    facts = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({os.cpu_count()} cores)",
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        facts["commit"] = commit
+    except (OSError, subprocess.CalledProcessError):
+        facts["commit"] = "unknown"
+    return facts
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["data.fold=2", "train.max_steps=50"]`` -> dict; values parsed as JSON when they can be."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. data.fold=2")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "reproduce",
+        help="execute the notebooks headlessly (papermill) and write a results table",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--profile", default="cpu-tiny", choices=sorted(PROFILES))
+    parser.add_argument(
+        "--data-root", default="data", help="folder of prepared datasets (default: data)"
+    )
+    parser.add_argument("--out", default="runs", help="folder that receives runs/<timestamp>/")
+    parser.add_argument(
+        "--run-name", default=None, help="name of the run folder (default: UTC timestamp)"
+    )
+    parser.add_argument(
+        "--notebooks",
+        nargs="+",
+        default=list(NOTEBOOKS),
+        metavar="NOTEBOOK",
+        help="notebooks to run, in order",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override",
+    )
+    parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    run_dir = run_notebooks(
+        profile=args.profile,
+        data_root=args.data_root,
+        out_root=Path(args.out),
+        notebooks=tuple(args.notebooks),
+        overrides=parse_overrides(args.overrides),
+        run_name=args.run_name,
+        log_output=args.log_output,
+    )
+    print(f"[reproduce] executed notebooks and results in {run_dir}")
+    print((run_dir / "results.md").read_text())
+    return 0
