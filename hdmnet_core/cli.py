@@ -20,6 +20,7 @@ from hdmnet_core.data.source import DataError
 COMMAND_MODULES: tuple[str, ...] = (
     "hdmnet_core.engine.reproduce",
     "hdmnet_core.data.synthetic",
+    "hdmnet_core.data.prepare",
 )
 
 
