@@ -350,6 +350,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.train_size": 96,
         "data.eval_size": 96,
         "data.synthetic_image_size": 96,
+        "data.min_class_area": 84,  # synthetic.scaled_min_area(96): 2*32*32 as a share of 473^2
         "model.backbone": "tiny",
         "model.width": 32,
         "train.batch_size": 16,

@@ -32,7 +32,7 @@ def to_uint8_image(image: Any) -> np.ndarray:
         image = image.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an image of shape (3,H,W) or (H,W,3), got {image.shape}")
-    return np.clip(image, 0, 255).astype(np.uint8)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
 def overlay_mask(
@@ -111,7 +111,7 @@ def show_images_with_masks(
     fig, axes = plt.subplots(2, count, figsize=(size * count, size * 2), squeeze=False)
     for i, (image, mask, title) in enumerate(zip(images, masks, titles, strict=True)):
         axes[0, i].imshow(image)
-        axes[0, i].set_title(title, fontsize=9)
+        axes[0, i].set_title(title, fontsize=7)
         axes[1, i].imshow(colour_class_mask(mask, num_classes))
     for ax in axes.ravel():
         ax.axis("off")

@@ -27,3 +27,9 @@ os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
+
+import torch  # noqa: E402
+
+# One intra-op thread per test process: `make test` runs two pytest workers on two
+# cores, and oversubscribed threads made tests up to 100x slower on a busy machine.
+torch.set_num_threads(1)
