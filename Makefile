@@ -45,7 +45,7 @@ typecheck: venv
 	$(PY) -m mypy
 
 pytest: venv
-	$(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-current-env tests notebooks $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-current-env tests notebooks $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

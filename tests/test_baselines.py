@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,18 +170,6 @@ def test_fixed_features_shape_and_standardisation() -> None:
 
 
 # ----------------------------------------------------------------------- headroom
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Run single-threaded (several times faster on a busy 2-core machine), then restore."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@pytest.mark.usefixtures("one_thread")
 def test_baselines_leave_headroom_on_the_synthetic_benchmark(tmp_path: Path) -> None:
     """Both baselines beat chance clearly but stay well below 80 % novel mIoU (fold 0)."""
     tree = write_synthetic(

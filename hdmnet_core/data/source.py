@@ -8,7 +8,8 @@ prepared, so building fold lists never decodes a mask.
 Conventions (reference section 1):
 - images: ``(H, W, 3)`` uint8 RGB numpy arrays, values 0..255;
 - masks: ``(H, W)`` uint8 numpy arrays of dataset class ids, 0 = background,
-  255 = ignore (e.g. VOC's object borders);
+  255 = ignore (e.g. VOC's object borders); uint16 for FSS-1000, whose 1,000 class ids
+  do not fit in a byte (its ids skip 255 so that 255 still means ignore);
 - class areas: ``{class_id: pixel_count}`` for every foreground class present
   (0 and 255 are never keys), at the original resolution.
 """
@@ -45,7 +46,7 @@ class SegmentationSource(Protocol):
         ...
 
     def load_mask(self, index: int) -> np.ndarray:
-        """``(H, W)`` uint8 class ids, 0 background, 255 ignore."""
+        """``(H, W)`` uint8 (FSS-1000: uint16) class ids, 0 background, 255 ignore."""
         ...
 
     def class_areas(self, index: int) -> dict[int, int]:
