@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hdmnet_core.engine.reproduce",
     "hdmnet_core.data.synthetic",
     "hdmnet_core.data.prepare",
+    "hdmnet_core.model.convert",
 )
 
 

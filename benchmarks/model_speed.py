@@ -1,0 +1,414 @@
+"""Model speed: evaluation forward latency of HDMNet, faithful vs optimised settings.
+
+Setting (reference §5): batch 1, 473 x 473, ResNet-50, 1-shot and 5-shot, 2 CPU threads,
+random weights (speed does not depend on their values). Official code on this machine
+kind: 2.5 s (1-shot) and 13.9 s (5-shot). Targets: fp32 at least 1.3x faster, and the
+fastest safe setting at most half of the official times.
+
+Settings (see ``SETTINGS``; after ``batched`` each one adds to ``batched``):
+
+- ``faithful``: official dataflow. Query and masked supports go through the frozen
+  backbone in separate calls, query and supports through the hierarchy separately;
+  NCHW memory, fp32.
+- ``batched``: query and supports in ONE backbone call and ONE hierarchy call (what
+  ``HDMNet`` does in eval mode; it now also computes support ``feat5`` in the mask's
+  box only, so the numbers in the report made before that change differ). Same numbers
+  up to float rounding.
+- ``channels_last``: + frozen PSPNet weights and inputs in NHWC.
+- ``masked_support``: + skip support work whose result the official maths multiplies by
+  a zero mask: support ``feat5`` only inside the mask's box
+  (``PSPNet.frozen_features(feat5_region=...)``) and prior cosines for foreground
+  support positions only. Same numbers up to float rounding.
+- ``fold_bn``: ``masked_support`` + every frozen BatchNorm folded into its conv
+  (``PSPNet.fold_batchnorm``; on a copy, as folding changes the state dict).
+- ``bf16`` / ``bf16_nhwc``: ``fold_bn`` + ``torch.autocast("cpu", torch.bfloat16)`` (if
+  the CPU has bf16), NCHW / NHWC. Not bit-faithful: deviation reported, not asserted.
+- ``compile`` (``--compile``): ``torch.compile`` of ``batched`` (slow to build).
+
+Measurements interleave the settings (round robin) and repeat, so that load from other
+processes on this shared machine hits all settings alike; the median is reported.
+The optimised fp32 outputs are checked against the faithful ones (tolerance printed).
+
+    .venv/bin/python benchmarks/model_speed.py                   # 1- and 5-shot, CPU
+    .venv/bin/python benchmarks/model_speed.py --shots 1 --repeats 2
+
+Prints a table and writes ``benchmarks/results/model_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import functools
+import os
+import platform
+import statistics
+import time
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hdmnet_core.atomic import atomic_write_json
+from hdmnet_core.config import ModelConfig
+from hdmnet_core.model import hdmnet as hdmnet_module
+from hdmnet_core.model.hdmnet import HDMNet
+from hdmnet_core.model.priors import COSINE_EPS as PRIOR_EPS
+
+RESULTS = Path(__file__).resolve().parent / "results" / "model_speed.json"
+OFFICIAL_SECONDS = {1: 2.5, 5: 13.9}
+"""Reference §5: official fp32 eval forward on this machine kind (473, batch 1, 2 threads)."""
+FP32_RTOL, FP32_ATOL = 1e-3, 1e-3
+"""Optimised fp32 vs faithful: allclose on the logits. Reordered sums (one batched conv
+instead of two, NHWC kernels) change float rounding only."""
+
+Episode = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+# -------------------------------------------------------------------- model and inputs
+def build_model(shots: int, backbone: str, seed: int, device: str) -> HDMNet:
+    torch.manual_seed(seed)
+    config = ModelConfig(backbone="resnet50" if backbone == "resnet50" else "tiny")
+    return HDMNet(config, num_base_classes=15, shots=shots).eval().to(device)
+
+
+def make_episode(shots: int, size: int, seed: int, device: str) -> Episode:
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(1, 3, size, size, generator=g)
+    supports = torch.randn(1, shots, 3, size, size, generator=g)
+    masks = torch.zeros(1, shots, size, size, dtype=torch.long)
+    masks[..., size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 1
+    return query.to(device), supports.to(device), masks.to(device)
+
+
+# ----------------------------------------------------------------- faithful dataflow
+def separate_frozen_features(
+    self: HDMNet, query_image: torch.Tensor, support_images: torch.Tensor, fg: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Official ``extract_feats`` twice: query, then the masked supports."""
+    with torch.no_grad():
+        supports = (support_images * fg[:, :, None]).flatten(0, 1)
+        return self.pspnet.frozen_features(query_image), self.pspnet.frozen_features(supports)
+
+
+@contextlib.contextmanager
+def faithful_dataflow(model: HDMNet, batch: int = 1) -> Iterator[None]:
+    """Temporarily run query and supports separately through backbone and hierarchy."""
+    hierarchy_forward = model.hierarchy.forward
+
+    def separate_hierarchy(x: torch.Tensor) -> list[torch.Tensor]:
+        # HDMNet passes cat([query (batch), supports]); run the two parts separately.
+        query_maps = hierarchy_forward(x[:batch])
+        support_maps = hierarchy_forward(x[batch:])
+        return [torch.cat(pair) for pair in zip(query_maps, support_maps, strict=True)]
+
+    model.frozen_features = types.MethodType(separate_frozen_features, model)  # type: ignore[method-assign]
+    model.hierarchy.forward = separate_hierarchy  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        del model.frozen_features
+        del model.hierarchy.forward
+
+
+# --------------------------------------------------------------------------- timing
+def prior_mask_foreground_only(
+    query_features: torch.Tensor, support_features: torch.Tensor, support_fg: torch.Tensor
+) -> torch.Tensor:
+    """Same result as ``priors.prior_mask``, computing cosines for foreground supports only.
+
+    Official: background support vectors are zeroed, so their cosine is exactly 0; the
+    max over all support positions is therefore max(max over foreground, 0 if any
+    background). This skips the (K, Ns, Nq) similarity of the background columns.
+    """
+    b, k, c, hs, ws = support_features.shape
+    h, w = query_features.shape[-2:]
+    fg = F.interpolate(support_fg.flatten(0, 1)[:, None].float(), size=(hs, ws), mode="nearest")
+    fg = fg.reshape(b, k, hs * ws) > 0
+    query = query_features.reshape(b, c, h * w)  # (B, C, Nq)
+    query_norm = query.norm(dim=1)  # (B, Nq)
+    result = query.new_zeros(b, h * w)
+    for i in range(b):
+        for j in range(k):
+            index = fg[i, j].nonzero()[:, 0]
+            support = support_features[i, j].reshape(c, hs * ws)[:, index]  # (C, Nfg)
+            best = query.new_zeros(h * w)
+            if index.numel() > 0:
+                dots = support.T @ query[i]  # (Nfg, Nq)
+                norms = support.norm(dim=0)[:, None] * query_norm[i][None, :]
+                best = (dots / (norms + PRIOR_EPS)).amax(dim=0)
+                if index.numel() < hs * ws:  # background columns contribute cosine 0
+                    best = best.clamp(min=0)
+            result[i] += best / k
+    return result.reshape(b, 1, h, w)
+
+
+def cropped_frozen_features(
+    self: HDMNet, query_image: torch.Tensor, support_images: torch.Tensor, fg: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One backbone call; the supports' ``feat5`` only inside their mask's box (exact for
+    the prior, the only reader of support ``feat5``)."""
+    with torch.no_grad():
+        supports = (support_images * fg[:, :, None]).flatten(0, 1)
+        query_feats, support_feats = self.pspnet.frozen_features_batched(
+            [query_image, supports], feat5_regions=[None, fg.flatten(0, 1)]
+        )
+        return query_feats, support_feats
+
+
+@contextlib.contextmanager
+def masked_support_work(model: HDMNet) -> Iterator[None]:
+    """Skip support work the official maths multiplies by a zero mask anyway."""
+    original_prior = hdmnet_module.prior_mask
+    model.frozen_features = types.MethodType(cropped_frozen_features, model)  # type: ignore[method-assign]
+    hdmnet_module.prior_mask = prior_mask_foreground_only
+    try:
+        yield
+    finally:
+        del model.frozen_features
+        hdmnet_module.prior_mask = original_prior
+
+
+@dataclass(frozen=True)
+class Setting:
+    batched: bool = True
+    channels_last: bool = False
+    masked_support: bool = False
+    fold_bn: bool = False
+    bf16: bool = False
+    compile: bool = False
+
+
+SETTINGS: dict[str, Setting] = {
+    "faithful": Setting(batched=False),
+    "batched": Setting(),
+    "channels_last": Setting(channels_last=True),
+    "masked_support": Setting(masked_support=True),
+    "fold_bn": Setting(masked_support=True, fold_bn=True),
+    "bf16": Setting(masked_support=True, fold_bn=True, bf16=True),
+    "bf16_nhwc": Setting(masked_support=True, fold_bn=True, bf16=True, channels_last=True),
+    "compile": Setting(compile=True),
+}
+
+
+def setting_context(model: HDMNet, setting: Setting) -> contextlib.ExitStack:
+    """Patches and autocast of ``setting`` (cheap; the model copy is chosen before)."""
+    stack = contextlib.ExitStack()
+    if not setting.batched:
+        stack.enter_context(faithful_dataflow(model))
+    if setting.masked_support:
+        stack.enter_context(masked_support_work(model))
+    if setting.bf16:
+        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+    return stack
+
+
+def model_copies(model: HDMNet, settings: list[str]) -> dict[str, HDMNet]:
+    """One prepared model per setting (copies shared by layout and folding), so that
+    nothing is converted inside a timed run."""
+    prepared: dict[tuple[bool, bool], HDMNet] = {(False, False): model}
+    out = {}
+    for name in settings:
+        s = SETTINGS[name]
+        key = (s.channels_last, s.fold_bn)
+        if key not in prepared:
+            copy_ = copy.deepcopy(model)
+            if s.fold_bn:
+                copy_.pspnet.fold_batchnorm()
+            copy_.pspnet.use_channels_last(s.channels_last)
+            prepared[key] = copy_
+        out[name] = prepared[key]
+    return out
+
+
+def meta_part_inputs(model: HDMNet, episode: Episode) -> tuple[torch.Tensor, ...]:
+    """Inputs of ``HDMNet.meta_learner`` (hierarchy + matching + decoder)."""
+    query, supports, masks = episode
+    fg = (masks == 1).to(query.dtype)
+    with torch.no_grad():
+        qf, sf = model.frozen_features(query, supports, fg)
+        priors = model.prior_masks(qf, sf, fg)
+        query_x, support_x = model.merged_features(qf, sf, fg, priors)
+    return query_x, support_x, fg, priors
+
+
+def time_call(fn: Callable[[], Any], device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``fn()``. On a shared machine the CPU time
+    is the less disturbed of the two (with 2 threads, wall >= cpu / 2)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def bf16_supported() -> bool:
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.functional.conv2d(torch.randn(1, 8, 8, 8), torch.randn(8, 8, 3, 3))
+    except RuntimeError:
+        return False
+    return torch.backends.mkldnn.is_available() and "avx512_bf16" in cpu_flags()
+
+
+def cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def compare(reference: Any, candidate: Any) -> dict[str, float | bool]:
+    """Max |difference| of final/meta logits and foreground-decision agreement."""
+    out: dict[str, float | bool] = {}
+    for field in ("final_logits", "meta_logits"):
+        a = getattr(reference, field).float()
+        b = getattr(candidate, field).float()
+        out[f"{field}_max_abs_diff"] = float((a - b).abs().max())
+        out[f"{field}_allclose"] = bool(torch.allclose(a, b, rtol=FP32_RTOL, atol=FP32_ATOL))
+        out[f"{field}_argmax_agreement"] = float((a.argmax(1) == b.argmax(1)).float().mean())
+    return out
+
+
+def benchmark_shots(
+    args: argparse.Namespace, shots: int, repeats: int, device: str
+) -> dict[str, Any]:
+    model = build_model(shots, args.backbone, seed=0, device=device)
+    episode = make_episode(shots, args.size, seed=1, device=device)
+    settings = ["faithful", "batched", "channels_last", "masked_support", "fold_bn"]
+    if device == "cpu" and bf16_supported() and not args.no_bf16:
+        settings += ["bf16", "bf16_nhwc"]
+    if args.compile:
+        settings.append("compile")
+    models = model_copies(model, settings)
+
+    compiled: Callable[..., Any] = torch.compile(models["compile"]) if args.compile else model
+    outputs: dict[str, Any] = {}
+    times: dict[str, list[float]] = {s: [] for s in settings}
+    cpu_times: dict[str, list[float]] = {s: [] for s in settings}
+
+    def forward(name: str) -> None:
+        net = models[name]
+        with torch.no_grad(), setting_context(net, SETTINGS[name]):
+            outputs[name] = (compiled if name == "compile" else net)(*episode)
+
+    for repeat in range(repeats + 1):  # repeat 0 is warm-up
+        for name in settings:
+            seconds, cpu_seconds = time_call(functools.partial(forward, name), device)
+            if repeat > 0:
+                times[name].append(seconds)
+                cpu_times[name].append(cpu_seconds)
+            print(
+                f"  {shots}-shot {name:14} run {repeat}: {seconds:6.2f} s wall, "
+                f"{cpu_seconds:6.2f} s cpu, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+
+    # meta part alone (hierarchy + matching + decoder), faithful vs batched hierarchy
+    meta_inputs = meta_part_inputs(model, episode)
+    meta_times: dict[str, list[float]] = {"faithful": [], "batched": []}
+    for repeat in range(repeats + 1):
+        for name in meta_times:
+            with torch.no_grad(), contextlib.ExitStack() as stack:
+                if name == "faithful":
+                    stack.enter_context(faithful_dataflow(model))
+                seconds, _ = time_call(lambda: model.meta_learner(*meta_inputs), device)
+            if repeat > 0:
+                meta_times[name].append(seconds)
+
+    faithful = outputs["faithful"]
+    comparable = args.backbone == "resnet50" and args.size == 473 and device == "cpu"
+    official = OFFICIAL_SECONDS.get(shots) if comparable else None
+    result: dict[str, Any] = {"shots": shots, "official_seconds": official}
+    result["settings"] = {}
+    for name in settings:
+        median = statistics.median(times[name])
+        entry = {
+            "median_s": median,
+            "runs_s": times[name],
+            "median_cpu_s": statistics.median(cpu_times[name]),
+            "runs_cpu_s": cpu_times[name],
+            "speedup_vs_faithful": statistics.median(times["faithful"]) / median,
+            "vs_faithful": compare(faithful, outputs[name]),
+        }
+        if official is not None:
+            entry["speedup_vs_official"] = official / median
+        result["settings"][name] = entry
+    result["meta_part"] = {k: statistics.median(v) for k, v in meta_times.items()}
+    return result
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print()
+    print(f"{'shots':>5} {'setting':14} {'wall s':>7} {'cpu s':>7} {'x faithful':>10}"
+          f" {'x official':>10} {'max|dlogit|':>12} {'allclose':>8}")  # fmt: skip
+    for res in results:
+        for name, entry in res["settings"].items():
+            check = entry["vs_faithful"]
+            close = "-" if SETTINGS[name].bf16 else str(check["final_logits_allclose"])
+            print(
+                f"{res['shots']:>5} {name:14} {entry['median_s']:>7.2f} "
+                f"{entry['median_cpu_s']:>7.2f} {entry['speedup_vs_faithful']:>10.2f} "
+                f"{entry.get('speedup_vs_official', float('nan')):>10.2f} "
+                f"{check['final_logits_max_abs_diff']:>12.2e} {close:>8}"
+            )
+        meta = res["meta_part"]
+        print(
+            f"{res['shots']:>5} {'meta part':14} faithful {meta['faithful']:.3f} s, "
+            f"batched hierarchy {meta['batched']:.3f} s"
+        )
+    print(f"fp32 settings vs faithful: allclose(rtol={FP32_RTOL}, atol={FP32_ATOL}) on logits")
+    print("x faithful / x official: ratios of median wall times")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--size", type=int, default=473)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, nargs="+", default=[3], help="timed runs per setting, per --shots"
+    )
+    parser.add_argument("--backbone", default="resnet50", choices=["resnet50", "tiny"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    torch.set_num_threads(args.threads)
+
+    repeats = args.repeats * len(args.shots) if len(args.repeats) == 1 else args.repeats
+    if len(repeats) != len(args.shots):
+        parser.error("--repeats takes one value, or one per --shots value")
+    results = [
+        benchmark_shots(args, shots, n, args.device)
+        for shots, n in zip(args.shots, repeats, strict=True)
+    ]
+    print_table(results)
+    payload = {
+        "device": args.device,
+        "threads": args.threads,
+        "size": args.size,
+        "backbone": args.backbone,
+        "repeats": repeats,
+        "load_average_at_end": os.getloadavg(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "tolerance": {"rtol": FP32_RTOL, "atol": FP32_ATOL},
+        "results": results,
+    }
+    atomic_write_json(args.out, payload)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
