@@ -95,7 +95,7 @@ def run_notebooks(
         raise FileNotFoundError(f"notebook(s) not found in {NOTEBOOK_DIR}: {missing}")
 
     run_name = run_name or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = out_root / run_name
+    run_dir = out_root.resolve() / run_name  # absolute: the notebooks run in notebooks/
     if run_dir.exists():
         raise FileExistsError(f"run folder {run_dir} exists already; choose another --run-name")
     run_dir.mkdir(parents=True)
