@@ -23,7 +23,7 @@ export XDG_CACHE_HOME := $(CACHE)/xdg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: venv reproduce test lint typecheck pytest format clean
+.PHONY: venv caches reproduce test lint typecheck pytest format clean
 
 # The stamp depends on the install inputs: editing them reinstalls, nothing else does.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -34,7 +34,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
-reproduce: venv
+caches:
+	@mkdir -p $(MPLCONFIGDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_DATA_DIR) $(JUPYTER_RUNTIME_DIR) $(IPYTHONDIR) $(HF_HOME) $(TORCH_HOME) $(XDG_CACHE_HOME)
+
+reproduce: venv caches
 	$(PY) -m hdmnet_core reproduce --profile $(PROFILE) --data-root $(DATA_ROOT)
 
 lint: venv
@@ -44,7 +47,7 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy
 
-pytest: venv
+pytest: venv caches
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-current-env tests notebooks $(PYTEST_ARGS)
 
 test: lint typecheck pytest

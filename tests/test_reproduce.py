@@ -63,14 +63,11 @@ def test_run_notebooks_executes_and_tabulates(tmp_path, monkeypatch):
     notebooks.mkdir()
     make_notebook(notebooks / "00_tiny.ipynb")
     monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", notebooks)
+    monkeypatch.chdir(tmp_path)  # a relative output folder, as `make reproduce` passes
     run_dir = reproduce.run_notebooks(
-        "cpu-tiny",
-        str(tmp_path / "data"),
-        tmp_path / "runs",
-        ("00_tiny.ipynb",),
-        {"data.fold": 3},
-        run_name="r1",
+        "cpu-tiny", "data", Path("runs"), ("00_tiny.ipynb",), {"data.fold": 3}, run_name="r1"
     )
+    assert run_dir == tmp_path / "runs" / "r1"
     executed = nbformat.read(run_dir / "00_tiny.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     summary = json.loads((run_dir / "results.json").read_text())
