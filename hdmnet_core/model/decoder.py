@@ -21,15 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def stage_block(width: int) -> nn.Sequential:
-    """Official ``parse_layers.{i}``: indices 0..6 match the official keys."""
+def _expand_and_mix(width: int) -> list[nn.Module]:
+    """The shared front of both heads: 1x1 conv to 4*width, BN, 3x3 conv, BN (no ReLU)."""
     hidden = 4 * width
-    return nn.Sequential(
+    return [
         nn.Conv2d(width, hidden, kernel_size=1),
         nn.BatchNorm2d(hidden),
         nn.Conv2d(hidden, hidden, kernel_size=3, padding=1),
         nn.BatchNorm2d(hidden),
-        nn.Conv2d(hidden, width, kernel_size=1),
+    ]
+
+
+def stage_block(width: int) -> nn.Sequential:
+    """Official ``parse_layers.{i}``: indices 0..6 match the official keys."""
+    return nn.Sequential(
+        *_expand_and_mix(width),
+        nn.Conv2d(4 * width, width, kernel_size=1),
         nn.BatchNorm2d(width),
         nn.ReLU(),
     )
@@ -37,14 +44,7 @@ def stage_block(width: int) -> nn.Sequential:
 
 def classifier_head(width: int, num_classes: int = 2) -> nn.Sequential:
     """Official ``transformer.mix_transformer.cls``: indices 0..4 match the official keys."""
-    hidden = 4 * width
-    return nn.Sequential(
-        nn.Conv2d(width, hidden, kernel_size=1),
-        nn.BatchNorm2d(hidden),
-        nn.Conv2d(hidden, hidden, kernel_size=3, padding=1),
-        nn.BatchNorm2d(hidden),
-        nn.Conv2d(hidden, num_classes, kernel_size=1),
-    )
+    return nn.Sequential(*_expand_and_mix(width), nn.Conv2d(4 * width, num_classes, kernel_size=1))
 
 
 class CoarseToFineDecoder(nn.Module):
