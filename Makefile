@@ -48,7 +48,9 @@ typecheck: venv
 	$(PY) -m mypy
 
 pytest: venv caches
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-current-env tests notebooks $(PYTEST_ARGS)
+	@mkdir -p $(CACHE)/tmp
+	TMPDIR=$(CACHE)/tmp OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --basetemp=$(CACHE)/pytest \
+		--nbval --nbval-current-env tests notebooks $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
