@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
+from hdmnet_core.data.transforms import denormalize
 
 FOREGROUND_COLOUR = (0.1, 0.8, 0.2)
 IGNORE_COLOUR = (1.0, 1.0, 1.0)
@@ -24,12 +23,20 @@ IGNORE_COLOUR = (1.0, 1.0, 1.0)
 
 def to_uint8_image(image: Any) -> np.ndarray:
     """A displayable ``(H,W,3)`` uint8 image from a normalised ``(3,H,W)`` tensor or a uint8 array."""
+    if (
+        isinstance(image, np.ndarray)
+        and image.ndim == 3
+        and image.shape[0] == 3
+        and image.dtype != np.uint8
+    ):
+        image = torch.from_numpy(image)
     if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] == 3 and image.dtype != torch.uint8:
+            image = denormalize(image.detach().float().cpu()).permute(
+                1, 2, 0
+            )  # (3,H,W) -> (H,W,3), 0..255
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
-    if image.ndim == 3 and image.shape[0] == 3 and image.dtype != np.uint8:
-        # (3,H,W) normalised -> (H,W,3) in 0..255
-        image = image.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an image of shape (3,H,W) or (H,W,3), got {image.shape}")
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
