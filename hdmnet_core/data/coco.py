@@ -39,21 +39,18 @@ from hdmnet_core.data.download import extract_archive, fetch_archive
 from hdmnet_core.data.prepare import (
     FORMAT_VERSION,
     FoldList,
-    IndexEntry,
     PreparedSource,
     SplitIndex,
     begin_staging,
     check_jpeg,
     commit_staging,
+    convert_and_index_split,
     fold_lists,
-    map_items,
     pairs_per_fold,
     raise_all,
     read_png_values,
-    relative_path,
     write_fold_lists,
     write_png,
-    write_split_index,
 )
 from hdmnet_core.data.source import DataError, compute_class_areas
 from hdmnet_core.data.splits import COCO_CATEGORY_IDS
@@ -287,21 +284,9 @@ def prepare_coco(
             )
             for name, image, h, w, objs in items
         ]
-        index = SplitIndex("coco", split, "class_png", NUM_CLASSES)
-        for job, (name, height, width, areas) in zip(
-            jobs, map_items(_convert, jobs, workers, f"coco {split}", progress), strict=True
-        ):
-            index.entries.append(
-                IndexEntry(
-                    name,
-                    relative_path(Path(job.image), folder),
-                    f"{mask_dir}/{name}.png",
-                    height,
-                    width,
-                    areas,
-                )
-            )
-        write_split_index(staging, index)
+        index = convert_and_index_split(
+            "coco", split, NUM_CLASSES, _convert, jobs, folder, staging, mask_dir, workers, progress
+        )
         indexes[split] = index
     folds = {
         convention: fold_lists("coco", indexes, convention)

@@ -38,22 +38,19 @@ from hdmnet_core.data.download import ARCHIVES, extract_archive, fetch_archive
 from hdmnet_core.data.prepare import (
     FORMAT_VERSION,
     FoldList,
-    IndexEntry,
     PreparedSource,
     SplitIndex,
     begin_staging,
     check_class_values,
     check_jpeg,
     commit_staging,
+    convert_and_index_split,
     fold_lists,
-    map_items,
     pairs_per_fold,
     raise_all,
     read_png_values,
-    relative_path,
     write_fold_lists,
     write_png,
-    write_split_index,
 )
 from hdmnet_core.data.source import DataError, compute_class_areas
 
@@ -271,23 +268,18 @@ def prepare_pascal(
     }
     indexes = {}
     for split, split_jobs in jobs.items():
-        index = SplitIndex("pascal", split, "class_png", NUM_CLASSES)
-        for job, (name, height, width, areas) in zip(
+        index = convert_and_index_split(
+            "pascal",
+            split,
+            NUM_CLASSES,
+            _convert,
             split_jobs,
-            map_items(_convert, split_jobs, workers, f"pascal {split}", progress),
-            strict=True,
-        ):
-            index.entries.append(
-                IndexEntry(
-                    name=name,
-                    image=relative_path(Path(job.image), folder),
-                    mask=f"masks/{name}.png",
-                    height=height,
-                    width=width,
-                    areas=areas,
-                )
-            )
-        write_split_index(staging, index)
+            folder,
+            staging,
+            "masks",
+            workers,
+            progress,
+        )
         indexes[split] = index
     folds = fold_lists("pascal", indexes)
     write_fold_lists(staging, folds, prefix="")

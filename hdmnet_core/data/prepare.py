@@ -448,6 +448,32 @@ def map_items(
         bar.close()
 
 
+def convert_and_index_split(
+    dataset: str,
+    split: str,
+    num_classes: int,
+    convert: Callable[[Any], tuple[str, int, int, dict[int, int]]],
+    jobs: Sequence[Any],
+    folder: Path,
+    staging: Path,
+    mask_dir: str,
+    workers: int,
+    progress: bool,
+) -> SplitIndex:
+    """Run ``convert`` over ``jobs`` (each with an ``image`` path; it writes
+    ``<mask_dir>/<name>.png`` and returns ``(name, height, width, class areas)``), then
+    write and return the split's index of class-index PNG masks."""
+    index = SplitIndex(dataset, split, "class_png", num_classes)
+    results = map_items(convert, jobs, workers, f"{dataset} {split}", progress)
+    for job, (name, height, width, areas) in zip(jobs, results, strict=True):
+        image = relative_path(Path(job.image), folder)
+        index.entries.append(
+            IndexEntry(name, image, f"{mask_dir}/{name}.png", height, width, areas)
+        )
+    write_split_index(staging, index)
+    return index
+
+
 def raise_all(problems: Sequence[str], what: str) -> None:
     """One :class:`DataError` listing every problem (the first 30 in full)."""
     if problems:
