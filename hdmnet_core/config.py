@@ -73,6 +73,12 @@ class ModelConfig:
     never trained. ``fixed`` un-sorts the weights and trains the MLP."""
     pretrained: str | None = None
     """Path of a converted checkpoint to start from (see ``convert-checkpoint``)."""
+    exact_speedups: bool = True
+    """Re-arrangements of the official computation with the same outputs up to float
+    rounding (``hdmnet.DEFAULT_SPEEDUPS``: support work skipped where the official code
+    multiplies it by a zero mask, the classifier conv over the pyramid branches at their
+    pooled size, one hierarchy call). False runs the official dataflow step by step,
+    for timing and for checking."""
 
 
 @dataclass

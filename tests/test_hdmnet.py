@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hdmnet_core.config import ModelConfig
-from hdmnet_core.model.hdmnet import HDMNet, HDMNetOutput
+from hdmnet_core.model.hdmnet import DEFAULT_SPEEDUPS, EXACT_SPEEDUPS, HDMNet, HDMNetOutput
 
 TINY = ModelConfig(backbone="tiny", width=16)
 
@@ -259,18 +259,22 @@ def test_eval_is_deterministic() -> None:
     torch.testing.assert_close(a.distill_maps[0], b.distill_maps[0], rtol=0, atol=0)
 
 
-def test_bf16_autocast_and_channels_last() -> None:
+def test_bf16_fp16_autocast_and_channels_last() -> None:
     model = tiny_model().eval()
     ep = episode(1, 1)
     with torch.no_grad():
         reference = model(*inputs(ep)).final_logits
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(*inputs(ep)).final_logits
+        with torch.autocast("cpu", dtype=torch.float16):
+            half = model(*inputs(ep)).final_logits
         model = model.to(memory_format=torch.channels_last)
         query = ep["query_image"].contiguous(memory_format=torch.channels_last)
         last = model(query, ep["support_images"], ep["support_masks"]).final_logits
     assert torch.isfinite(low).all()
     torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0.05)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), reference, atol=0.01, rtol=0.01)
     torch.testing.assert_close(last, reference, atol=1e-5, rtol=1e-5)
 
 
@@ -298,3 +302,42 @@ def test_bad_options_raise() -> None:
         HDMNet(dataclasses.replace(TINY, num_stages=5), 15, 1)
     with pytest.raises(ValueError, match="shots"):
         HDMNet(TINY, 15, 0)
+
+
+# ------------------------------------------------------------ exact speed-ups
+@pytest.mark.parametrize(("shots", "size"), [(1, (37, 45)), (3, (40, 40))])
+def test_exact_speedups_give_the_official_outputs(shots: int, size: tuple[int, int]) -> None:
+    model = tiny_model(shots=shots).eval()
+    ep = episode(2, shots, size)
+    ep["support_masks"][1, 0] = 0  # an empty support mask
+    ep["support_masks"][0, -1, 3:9, 20:30] = 1  # a second blob: box larger than the blob
+    assert model.speedups == frozenset(DEFAULT_SPEEDUPS)
+    with torch.no_grad():
+        official = tiny_model(shots=shots, exact_speedups=False).eval()(*inputs(ep))
+        default = model(*inputs(ep))
+        every = model.use_speedups(EXACT_SPEEDUPS)(*inputs(ep))
+    for fast in (default, every):
+        for field in ("final_logits", "meta_logits", "base_logits"):
+            torch.testing.assert_close(getattr(fast, field), getattr(official, field))
+        for fast_map, official_map in zip(fast.distill_maps, official.distill_maps, strict=True):
+            torch.testing.assert_close(fast_map, official_map)
+
+
+def test_speedups_keep_batch_statistics_per_call_when_batchnorm_trains() -> None:
+    model = tiny_model(fix_bn=False).train()
+    ep = episode(2, 1)
+    fg = (ep["support_masks"] == 1).float()
+    with torch.no_grad():
+        fast = model.use_speedups(EXACT_SPEEDUPS).frozen_features(
+            ep["query_image"], ep["support_images"], fg
+        )
+        model.use_speedups(())
+        official = model.frozen_features(ep["query_image"], ep["support_images"], fg)
+    for got, want in zip(fast, official, strict=True):
+        for key in want:
+            torch.testing.assert_close(got[key], want[key])
+
+
+def test_unknown_speedup_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown speed-ups \['warp_drive'\]"):
+        tiny_model().use_speedups(["batched_backbone", "warp_drive"])

@@ -205,12 +205,17 @@ def test_decoder_follows_eq1() -> None:
 
 
 # -------------------------------------------------------------------- priors
-def test_prior_mask_equals_loop_definition() -> None:
+@pytest.mark.parametrize("foreground_only", [False, True])
+def test_prior_mask_equals_loop_definition(foreground_only: bool) -> None:
     torch.manual_seed(0)
     query = torch.randn(2, 6, 4, 5)
     support = torch.randn(2, 3, 6, 4, 5)
     masks = (torch.rand(2, 3, 8, 10) > 0.5).float()
-    prior = prior_mask(query, support, masks)
+    masks[0, 1] = 1  # all foreground: no background cosine 0 in the max
+    masks[1, 2] = 0  # empty mask: prior 0 everywhere
+    masks[1, 0] = 0
+    masks[1, 0, 4:6, 2:4] = 1  # one support position
+    prior = prior_mask(query, support, masks, foreground_only=foreground_only)
     assert prior.shape == (2, 1, 4, 5)
     small = F.interpolate(masks.flatten(0, 1)[:, None], size=(4, 5), mode="nearest")
     small = small.reshape(2, 3, 1, 4, 5)
@@ -223,6 +228,26 @@ def test_prior_mask_equals_loop_definition() -> None:
             per_shot.append(sim.max(dim=0).values)
         expected = torch.stack(per_shot).mean(0).reshape(4, 5)
         torch.testing.assert_close(prior[b, 0], expected)
+
+
+def test_foreground_only_prior_equals_the_official_order() -> None:
+    torch.manual_seed(1)
+    query = torch.randn(1, 16, 9, 7)
+    support = torch.randn(1, 5, 16, 9, 7)
+    masks = (torch.rand(1, 5, 36, 28) > 0.7).float()
+    masks[0, 3] = 0
+    fast = prior_mask(query, support, masks, foreground_only=True)
+    official = prior_mask(query, support, masks, foreground_only=False)
+    torch.testing.assert_close(fast, official, rtol=1e-6, atol=1e-6)
+    # every foreground cosine negative: 0 from the background wins, unless there is none
+    query = torch.rand(1, 2, 3, 3) + 0.1
+    support = -(torch.rand(1, 1, 2, 3, 3) + 0.1)
+    partial = torch.zeros(1, 1, 3, 3)
+    partial[..., :2, :] = 1
+    for mask, negative in ((partial, False), (torch.ones(1, 1, 3, 3), True)):
+        fast = prior_mask(query, support, mask, foreground_only=True)
+        torch.testing.assert_close(fast, prior_mask(query, support, mask, foreground_only=False))
+        assert bool((fast < 0).all()) is negative
 
 
 def test_prior_mask_is_one_where_query_matches_foreground() -> None:

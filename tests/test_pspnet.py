@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdmnet_core.model.pspnet import PSPNet, PyramidPooling
+from hdmnet_core.model.pspnet import (
+    PPM_BINS,
+    PSPNet,
+    PyramidPooling,
+    conv_in_windows,
+    conv_of_upsampled,
+    region_boxes,
+)
 
 
 def count(module: nn.Module) -> int:
@@ -261,3 +268,56 @@ def test_fold_batchnorm_keeps_outputs_and_removes_every_batchnorm() -> None:
 def test_fold_batchnorm_refuses_training_mode() -> None:
     with pytest.raises(RuntimeError, match="training mode"):
         PSPNet("tiny", num_classes=3).train().fold_batchnorm()
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize(("size", "kernel"), [((7, 5), 3), ((12, 12), 3), ((9, 11), 1)])
+def test_conv_of_upsampled_equals_conv_of_the_upsampled_maps(
+    align_corners: bool, size: tuple[int, int], kernel: int
+) -> None:
+    torch.manual_seed(4)
+    pooled = [torch.randn(2, 3, b, b) for b in PPM_BINS]
+    weight = torch.randn(5, 3 * len(PPM_BINS), kernel, kernel)
+    padding = kernel // 2
+    upsampled = torch.cat(
+        [F.interpolate(p, size, mode="bilinear", align_corners=align_corners) for p in pooled], 1
+    )
+    want = F.conv2d(upsampled, weight, padding=padding)
+    got = conv_of_upsampled(pooled, weight, size, padding, align_corners)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="the branches have 12 channels, the weight 13"):
+        conv_of_upsampled(pooled, torch.randn(5, 13, kernel, kernel), size, padding, True)
+
+
+def test_pooled_branch_conv_gives_the_official_feat5(tiny: PSPNet) -> None:
+    images = torch.randn(3, 3, 72, 56)
+    region = torch.zeros(3, 72, 56)
+    region[0, 50:72, 40:56] = 1  # bottom-right corner: the window shifts back onto the map
+    region[1, 5:20, 10:30] = 1
+    fast = tiny.frozen_features(images)
+    fast_region = tiny.frozen_features(images, feat5_region=region)["feat5"]
+    tiny.pooled_branch_conv = False
+    try:
+        official = tiny.frozen_features(images)
+        official_region = tiny.frozen_features(images, feat5_region=region)["feat5"]
+    finally:
+        tiny.pooled_branch_conv = True
+    torch.testing.assert_close(fast["feat5"], official["feat5"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_region, official_region, rtol=1e-4, atol=1e-5)
+    assert (official_region[2] == 0).all()
+
+
+def test_conv_in_windows_matches_the_full_conv_inside_every_box() -> None:
+    torch.manual_seed(5)
+    x = torch.randn(3, 4, 10, 9)
+    weight, bias = torch.randn(6, 4, 3, 3), torch.randn(6)
+    region = torch.zeros(3, 10, 9)
+    region[0, 0:3, 0:2] = 1
+    region[1, 6:10, 5:9] = 1
+    region[2, 4, 4] = 1
+    boxes = region_boxes(region, x)
+    assert (boxes.height, boxes.width) == (4, 4)
+    got = conv_in_windows(x, weight, bias, 1, boxes) * boxes.box_mask(x)
+    want = F.conv2d(x, weight, bias, padding=1) * region[:, None]
+    torch.testing.assert_close(got * region[:, None], want, rtol=1e-5, atol=1e-5)
+    assert (got[region[:, None].expand_as(got) == 0] == 0).all()

@@ -59,6 +59,7 @@ Stage index ``i`` counts from the finest stage (0), as official.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,30 @@ PRIOR_SCALE = 10.0
 
 REDUCE_DROPOUT = 0.5
 """Official ``Dropout2d(p=0.5)`` after the ``down_*`` convs."""
+
+EXACT_SPEEDUPS: dict[str, str] = {
+    "batched_backbone": "query and masked supports through the frozen backbone in one "
+    "call (needs every frozen BatchNorm in eval mode: fix_bn or .eval()); slower on a "
+    "2-core CPU at 473 (larger working set), so not a default",
+    "support_feat5_in_box": "support feat5 (3x3 conv 4096->512) only around the mask's "
+    "box: the priors read it only after multiplying by the mask",
+    "foreground_prior": "prior cosines for foreground support positions only: the "
+    "official zeroed background vectors all give cosine 0",
+    "pooled_branch_conv": "classifier conv over the pyramid branches at their pooled size "
+    "(bins 1..6) instead of on the upsampled 60 x 60 maps",
+    "batched_hierarchy": "query and support maps through the decoupled hierarchy in one call",
+}
+"""Named exact speed-ups (same outputs as the official dataflow up to float rounding);
+:meth:`HDMNet.use_speedups` picks a subset (the speed benchmark measures what each one
+buys, docs/benchmarks.md)."""
+
+DEFAULT_SPEEDUPS: tuple[str, ...] = (
+    "support_feat5_in_box",
+    "foreground_prior",
+    "pooled_branch_conv",
+    "batched_hierarchy",
+)
+"""On with ``ModelConfig.exact_speedups`` (default): the ones measured faster on CPU."""
 
 
 @dataclass
@@ -189,13 +214,32 @@ class HDMNet(nn.Module):
         self.ensemble: BaseLearnerEnsemble | None = None
         if model_config.ensemble:
             self.ensemble = BaseLearnerEnsemble(shots, model_config.kshot_weighting)
+        self.speedups: frozenset[str] = frozenset()
+        self.use_speedups(DEFAULT_SPEEDUPS if model_config.exact_speedups else ())
+        self.inference_only = False
+        """True for the evaluation-only copies of :func:`.inference.inference_copy`."""
         self.train()  # apply fix_bn from the start
+
+    def use_speedups(self, names: Iterable[str]) -> HDMNet:
+        """Turn on exactly the named :data:`EXACT_SPEEDUPS` (others off). Returns self."""
+        chosen = frozenset(names)
+        unknown = sorted(chosen - EXACT_SPEEDUPS.keys())
+        if unknown:
+            raise ValueError(f"HDMNet: unknown speed-ups {unknown}; known: {list(EXACT_SPEEDUPS)}")
+        self.speedups = chosen
+        self.pspnet.pooled_branch_conv = "pooled_branch_conv" in chosen
+        return self
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True) -> HDMNet:
         """With ``fix_bn`` (official default) every BatchNorm, frozen or not, stays in eval
         mode, so BN acts as a fixed affine map during meta-training (reference §4.6).
         Without it every BatchNorm trains, the frozen backbone's included, as official."""
+        if mode and getattr(self, "inference_only", False):
+            raise RuntimeError(
+                "HDMNet: this is an evaluation-only copy (inference_copy: folded BatchNorms); "
+                "train the original model instead"
+            )
         super().train(mode)
         if mode and self.fix_bn:
             for module in self.modules():
@@ -272,18 +316,29 @@ class HDMNet(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Frozen PSPNet features of the query (B, ...) and the masked supports (B*K, ...).
 
-        In eval mode both go through the backbone in one call when their sizes match."""
+        Official order: query, then supports. Speed-ups (when every frozen BatchNorm is
+        in eval mode, so that no image's features depend on the others):
+        ``batched_backbone`` (one call when the sizes match) and ``support_feat5_in_box``.
+        """
         with torch.no_grad():
             supports = (support_images * support_fg[:, :, None]).flatten(0, 1)  # (B*K, 3, H, W)
-            if not self.pspnet.training and supports.shape[-2:] == query_image.shape[-2:]:
+            fixed_statistics = not self.pspnet.uses_batch_statistics()
+            support_region = None
+            if fixed_statistics and "support_feat5_in_box" in self.speedups:
                 # support feat5 is read only by the priors, after masking: compute it
-                # inside the mask's box only (exact there; see PSPNet.frozen_features)
+                # around the mask's box only (exact there; see PSPNet.frozen_features)
+                support_region = support_fg.flatten(0, 1)
+            if (
+                fixed_statistics
+                and "batched_backbone" in self.speedups
+                and supports.shape[-2:] == query_image.shape[-2:]
+            ):
                 query_feats, support_feats = self.pspnet.frozen_features_batched(
-                    [query_image, supports], feat5_regions=[None, support_fg.flatten(0, 1)]
+                    [query_image, supports], feat5_regions=[None, support_region]
                 )
             else:
                 query_feats = self.pspnet.frozen_features(query_image)
-                support_feats = self.pspnet.frozen_features(supports)
+                support_feats = self.pspnet.frozen_features(supports, feat5_region=support_region)
         return query_feats, support_feats
 
     def prior_masks(
@@ -295,7 +350,12 @@ class HDMNet(nn.Module):
         """(B, 2, h, w) priors from ``feat5`` and ``layer4``, at the mid-feature size."""
         b, k = support_fg.shape[:2]
         priors = [
-            prior_mask(query_feats[name], support_feats[name].unflatten(0, (b, k)), support_fg)
+            prior_mask(
+                query_feats[name],
+                support_feats[name].unflatten(0, (b, k)),
+                support_fg,
+                foreground_only="foreground_prior" in self.speedups,
+            )
             for name in ("feat5", "layer4")
         ]
         return resize_to(torch.cat(priors, dim=1), query_feats["layer3"].shape[-2:])
@@ -348,7 +408,7 @@ class HDMNet(nn.Module):
 
         Returns meta logits (B, 2, h_0, w_0) and the distillation maps coarse -> fine."""
         b, k = support_fg.shape[:2]
-        if query_x.shape[-2:] == support_x.shape[-2:]:
+        if "batched_hierarchy" in self.speedups and query_x.shape[-2:] == support_x.shape[-2:]:
             maps = self.hierarchy(torch.cat([query_x, support_x], dim=0))
             query_maps, support_maps = [m[:b] for m in maps], [m[b:] for m in maps]
         else:
