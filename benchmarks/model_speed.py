@@ -5,25 +5,33 @@ random weights (speed does not depend on their values). Official code on this ma
 kind: 2.5 s (1-shot) and 13.9 s (5-shot). Targets: fp32 at least 1.3x faster, and the
 fastest safe setting at most half of the official times.
 
-Settings (see ``SETTINGS``; after ``batched`` each one adds to ``batched``):
+Settings (see ``SETTINGS``; each adds one thing to the row above it, so the table says
+what each optimisation buys; all fp32 settings give the faithful outputs up to float
+rounding, checked below):
 
-- ``faithful``: official dataflow. Query and masked supports go through the frozen
-  backbone in separate calls, query and supports through the hierarchy separately;
-  NCHW memory, fp32.
-- ``batched``: query and supports in ONE backbone call and ONE hierarchy call (what
-  ``HDMNet`` does in eval mode; it now also computes support ``feat5`` in the mask's
-  box only, so the numbers in the report made before that change differ). Same numbers
-  up to float rounding.
-- ``channels_last``: + frozen PSPNet weights and inputs in NHWC.
-- ``masked_support``: + skip support work whose result the official maths multiplies by
-  a zero mask: support ``feat5`` only inside the mask's box
-  (``PSPNet.frozen_features(feat5_region=...)``) and prior cosines for foreground
-  support positions only. Same numbers up to float rounding.
-- ``fold_bn``: ``masked_support`` + every frozen BatchNorm folded into its conv
-  (``PSPNet.fold_batchnorm``; on a copy, as folding changes the state dict).
-- ``bf16`` / ``bf16_nhwc``: ``fold_bn`` + ``torch.autocast("cpu", torch.bfloat16)`` (if
-  the CPU has bf16), NCHW / NHWC. Not bit-faithful: deviation reported, not asserted.
-- ``compile`` (``--compile``): ``torch.compile`` of ``batched`` (slow to build).
+- ``faithful``: ``exact_speedups`` off: the official dataflow step by step (query and
+  masked supports through the frozen backbone in separate calls, then through the
+  hierarchy separately; full support ``feat5``; full prior cosine maps; NCHW fp32).
+- ``batched_hierarchy``: + query and supports through the hierarchy in one call.
+- ``feat5_in_box``: + ``support_feat5_in_box``: the support's 3x3 classifier conv only
+  around its mask's box.
+- ``foreground_prior``: + ``foreground_prior``: prior cosines of foreground support
+  positions only.
+- ``pooled_branch_conv``: + ``pooled_branch_conv``: the classifier conv over the four
+  pyramid branches at their pooled size. This row is ``HDMNet``'s default.
+- ``batched_backbone``: + query and supports through the backbone in one call (every
+  exact speed-up; not a default: slower on this CPU).
+- ``fold_bn``: + every frozen BatchNorm folded into its conv: ``inference_copy(model,
+  "nchw")`` (an evaluation-only copy; folding changes the state dict).
+- ``channels_last``: ``fold_bn`` with the frozen PSPNet in NHWC
+  (``inference_copy(model, "channels_last")``, the GPU choice).
+- ``mkldnn``: ``fold_bn`` with the frozen backbone in oneDNN's blocked layout, weights
+  reordered once (``inference_copy(model)``, the CPU default): the fastest fp32 setting.
+- ``bf16`` / ``bf16_nhwc``: ``fold_bn`` / ``channels_last`` under
+  ``torch.autocast("cpu", torch.bfloat16)`` (if the CPU has bf16).
+- ``bf16_mkldnn``: ``inference_copy(model, backbone_dtype=torch.bfloat16)`` under autocast.
+  bf16 settings are not bit-faithful: their deviation is reported, not asserted.
+- ``compile`` (``--compile``): ``torch.compile`` of the default model (slow to build).
 
 Measurements interleave the settings (round robin) and repeat, so that load from other
 processes on this shared machine hits all settings alike; the median is reported.
@@ -39,26 +47,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import functools
 import os
 import platform
 import statistics
 import time
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from hdmnet_core.atomic import atomic_write_json
 from hdmnet_core.config import ModelConfig
-from hdmnet_core.model import hdmnet as hdmnet_module
-from hdmnet_core.model.hdmnet import HDMNet
-from hdmnet_core.model.priors import COSINE_EPS as PRIOR_EPS
+from hdmnet_core.model.hdmnet import DEFAULT_SPEEDUPS, EXACT_SPEEDUPS, HDMNet
+from hdmnet_core.model.inference import BackboneLayout, inference_copy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model_speed.json"
 OFFICIAL_SECONDS = {1: 2.5, 5: 13.9}
@@ -86,142 +90,54 @@ def make_episode(shots: int, size: int, seed: int, device: str) -> Episode:
     return query.to(device), supports.to(device), masks.to(device)
 
 
-# ----------------------------------------------------------------- faithful dataflow
-def separate_frozen_features(
-    self: HDMNet, query_image: torch.Tensor, support_images: torch.Tensor, fg: torch.Tensor
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Official ``extract_feats`` twice: query, then the masked supports."""
-    with torch.no_grad():
-        supports = (support_images * fg[:, :, None]).flatten(0, 1)
-        return self.pspnet.frozen_features(query_image), self.pspnet.frozen_features(supports)
-
-
-@contextlib.contextmanager
-def faithful_dataflow(model: HDMNet, batch: int = 1) -> Iterator[None]:
-    """Temporarily run query and supports separately through backbone and hierarchy."""
-    hierarchy_forward = model.hierarchy.forward
-
-    def separate_hierarchy(x: torch.Tensor) -> list[torch.Tensor]:
-        # HDMNet passes cat([query (batch), supports]); run the two parts separately.
-        query_maps = hierarchy_forward(x[:batch])
-        support_maps = hierarchy_forward(x[batch:])
-        return [torch.cat(pair) for pair in zip(query_maps, support_maps, strict=True)]
-
-    model.frozen_features = types.MethodType(separate_frozen_features, model)  # type: ignore[method-assign]
-    model.hierarchy.forward = separate_hierarchy  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        del model.frozen_features
-        del model.hierarchy.forward
-
-
-# --------------------------------------------------------------------------- timing
-def prior_mask_foreground_only(
-    query_features: torch.Tensor, support_features: torch.Tensor, support_fg: torch.Tensor
-) -> torch.Tensor:
-    """Same result as ``priors.prior_mask``, computing cosines for foreground supports only.
-
-    Official: background support vectors are zeroed, so their cosine is exactly 0; the
-    max over all support positions is therefore max(max over foreground, 0 if any
-    background). This skips the (K, Ns, Nq) similarity of the background columns.
-    """
-    b, k, c, hs, ws = support_features.shape
-    h, w = query_features.shape[-2:]
-    fg = F.interpolate(support_fg.flatten(0, 1)[:, None].float(), size=(hs, ws), mode="nearest")
-    fg = fg.reshape(b, k, hs * ws) > 0
-    query = query_features.reshape(b, c, h * w)  # (B, C, Nq)
-    query_norm = query.norm(dim=1)  # (B, Nq)
-    result = query.new_zeros(b, h * w)
-    for i in range(b):
-        for j in range(k):
-            index = fg[i, j].nonzero()[:, 0]
-            support = support_features[i, j].reshape(c, hs * ws)[:, index]  # (C, Nfg)
-            best = query.new_zeros(h * w)
-            if index.numel() > 0:
-                dots = support.T @ query[i]  # (Nfg, Nq)
-                norms = support.norm(dim=0)[:, None] * query_norm[i][None, :]
-                best = (dots / (norms + PRIOR_EPS)).amax(dim=0)
-                if index.numel() < hs * ws:  # background columns contribute cosine 0
-                    best = best.clamp(min=0)
-            result[i] += best / k
-    return result.reshape(b, 1, h, w)
-
-
-def cropped_frozen_features(
-    self: HDMNet, query_image: torch.Tensor, support_images: torch.Tensor, fg: torch.Tensor
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One backbone call; the supports' ``feat5`` only inside their mask's box (exact for
-    the prior, the only reader of support ``feat5``)."""
-    with torch.no_grad():
-        supports = (support_images * fg[:, :, None]).flatten(0, 1)
-        query_feats, support_feats = self.pspnet.frozen_features_batched(
-            [query_image, supports], feat5_regions=[None, fg.flatten(0, 1)]
-        )
-        return query_feats, support_feats
-
-
-@contextlib.contextmanager
-def masked_support_work(model: HDMNet) -> Iterator[None]:
-    """Skip support work the official maths multiplies by a zero mask anyway."""
-    original_prior = hdmnet_module.prior_mask
-    model.frozen_features = types.MethodType(cropped_frozen_features, model)  # type: ignore[method-assign]
-    hdmnet_module.prior_mask = prior_mask_foreground_only
-    try:
-        yield
-    finally:
-        del model.frozen_features
-        hdmnet_module.prior_mask = original_prior
-
-
 @dataclass(frozen=True)
 class Setting:
-    batched: bool = True
-    channels_last: bool = False
-    masked_support: bool = False
-    fold_bn: bool = False
-    bf16: bool = False
+    speedups: tuple[str, ...] = DEFAULT_SPEEDUPS
+    layout: BackboneLayout | None = None
+    """None: the model itself; else an ``inference_copy`` with this backbone layout."""
+    backbone_bf16: bool = False
+    autocast_bf16: bool = False
     compile: bool = False
 
 
 SETTINGS: dict[str, Setting] = {
-    "faithful": Setting(batched=False),
-    "batched": Setting(),
-    "channels_last": Setting(channels_last=True),
-    "masked_support": Setting(masked_support=True),
-    "fold_bn": Setting(masked_support=True, fold_bn=True),
-    "bf16": Setting(masked_support=True, fold_bn=True, bf16=True),
-    "bf16_nhwc": Setting(masked_support=True, fold_bn=True, bf16=True, channels_last=True),
+    "faithful": Setting(speedups=()),
+    "batched_hierarchy": Setting(speedups=DEFAULT_SPEEDUPS[3:]),
+    "feat5_in_box": Setting(speedups=DEFAULT_SPEEDUPS[3:] + DEFAULT_SPEEDUPS[:1]),
+    "foreground_prior": Setting(speedups=DEFAULT_SPEEDUPS[3:] + DEFAULT_SPEEDUPS[:2]),
+    "pooled_branch_conv": Setting(),
+    "batched_backbone": Setting(speedups=tuple(EXACT_SPEEDUPS)),
+    "fold_bn": Setting(layout="nchw"),
+    "channels_last": Setting(layout="channels_last"),
+    "mkldnn": Setting(layout="mkldnn"),
+    "bf16": Setting(layout="nchw", autocast_bf16=True),
+    "bf16_nhwc": Setting(layout="channels_last", autocast_bf16=True),
+    "bf16_mkldnn": Setting(layout="mkldnn", backbone_bf16=True, autocast_bf16=True),
     "compile": Setting(compile=True),
 }
+assert SETTINGS["pooled_branch_conv"].speedups == DEFAULT_SPEEDUPS
 
 
 def setting_context(model: HDMNet, setting: Setting) -> contextlib.ExitStack:
-    """Patches and autocast of ``setting`` (cheap; the model copy is chosen before)."""
+    """Speed-ups and autocast of ``setting`` (cheap; the model copy is chosen before)."""
+    model.use_speedups(setting.speedups)
     stack = contextlib.ExitStack()
-    if not setting.batched:
-        stack.enter_context(faithful_dataflow(model))
-    if setting.masked_support:
-        stack.enter_context(masked_support_work(model))
-    if setting.bf16:
+    if setting.autocast_bf16:
         stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
     return stack
 
 
 def model_copies(model: HDMNet, settings: list[str]) -> dict[str, HDMNet]:
-    """One prepared model per setting (copies shared by layout and folding), so that
-    nothing is converted inside a timed run."""
-    prepared: dict[tuple[bool, bool], HDMNet] = {(False, False): model}
+    """One prepared model per setting (``inference_copy`` shared by equal settings), so
+    that nothing is converted inside a timed run."""
+    prepared: dict[tuple[BackboneLayout | None, bool], HDMNet] = {(None, False): model}
     out = {}
     for name in settings:
         s = SETTINGS[name]
-        key = (s.channels_last, s.fold_bn)
+        key = (s.layout, s.backbone_bf16)
         if key not in prepared:
-            copy_ = copy.deepcopy(model)
-            if s.fold_bn:
-                copy_.pspnet.fold_batchnorm()
-            copy_.pspnet.use_channels_last(s.channels_last)
-            prepared[key] = copy_
+            dtype = torch.bfloat16 if s.backbone_bf16 else torch.float32
+            prepared[key] = inference_copy(model, s.layout, dtype)
         out[name] = prepared[key]
     return out
 
@@ -282,9 +198,20 @@ def benchmark_shots(
 ) -> dict[str, Any]:
     model = build_model(shots, args.backbone, seed=0, device=device)
     episode = make_episode(shots, args.size, seed=1, device=device)
-    settings = ["faithful", "batched", "channels_last", "masked_support", "fold_bn"]
+    settings = [
+        "faithful",
+        "batched_hierarchy",
+        "feat5_in_box",
+        "foreground_prior",
+        "pooled_branch_conv",
+        "batched_backbone",
+        "fold_bn",
+        "channels_last",
+    ]
+    if device == "cpu" and torch.backends.mkldnn.is_available():
+        settings.append("mkldnn")
     if device == "cpu" and bf16_supported() and not args.no_bf16:
-        settings += ["bf16", "bf16_nhwc"]
+        settings += ["bf16", "bf16_nhwc", "bf16_mkldnn"]
     if args.compile:
         settings.append("compile")
     models = model_copies(model, settings)
@@ -316,9 +243,8 @@ def benchmark_shots(
     meta_times: dict[str, list[float]] = {"faithful": [], "batched": []}
     for repeat in range(repeats + 1):
         for name in meta_times:
-            with torch.no_grad(), contextlib.ExitStack() as stack:
-                if name == "faithful":
-                    stack.enter_context(faithful_dataflow(model))
+            model.use_speedups(("batched_hierarchy",) if name == "batched" else ())
+            with torch.no_grad():
                 seconds, _ = time_call(lambda: model.meta_learner(*meta_inputs), device)
             if repeat > 0:
                 meta_times[name].append(seconds)
@@ -352,7 +278,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     for res in results:
         for name, entry in res["settings"].items():
             check = entry["vs_faithful"]
-            close = "-" if SETTINGS[name].bf16 else str(check["final_logits_allclose"])
+            close = "-" if SETTINGS[name].autocast_bf16 else str(check["final_logits_allclose"])
             print(
                 f"{res['shots']:>5} {name:14} {entry['median_s']:>7.2f} "
                 f"{entry['median_cpu_s']:>7.2f} {entry['speedup_vs_faithful']:>10.2f} "
