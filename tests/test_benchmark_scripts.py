@@ -25,3 +25,38 @@ def test_model_speed_benchmark_runs_and_fp32_settings_match_faithful(tmp_path: P
         if not name.startswith("bf16"):
             assert entry["vs_faithful"]["final_logits_allclose"], name
             assert entry["vs_faithful"]["meta_logits_allclose"], name
+
+
+def test_official_side_by_side_names_what_the_official_tree_lacks(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "HDMNet.py").write_text("")
+    command = [sys.executable, str(ROOT / "benchmarks" / "official_side_by_side.py")]
+    command += ["--official-root", str(tmp_path), "--out", str(tmp_path / "out.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert "missing model/Transformer.py" in result.stderr
+    assert "chunbolang/BAM" in result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_official_stand_ins_provide_what_the_official_code_imports() -> None:
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks/official_stand_ins');"
+        "import torch;"
+        "from mmcv.cnn import ConvModule;"
+        "from mmcv.cnn.bricks.drop import build_dropout;"
+        "from mmcv.cnn.bricks.transformer import MultiheadAttention;"
+        "from mmcv.cnn.utils.weight_init import constant_init, normal_init, trunc_normal_init;"
+        "from mmcv.runner import BaseModule, ModuleList, Sequential;"
+        "from mmseg.models.utils import PatchEmbed, nchw_to_nlc, nlc_to_nchw;"
+        "from mmseg.ops import resize;"
+        "m = ConvModule(3, 4, 3, padding=1, norm_cfg=dict(type='SyncBN')).eval();"
+        "assert sorted(m.state_dict())[0].startswith('bn.') and m.conv.bias is None;"
+        "assert (m(torch.randn(1, 3, 5, 5)) >= 0).all();"
+        "assert ConvModule(3, 4, 1, act_cfg=None).activate is None;"
+        "p = PatchEmbed(4, 8, kernel_size=3, stride=2, padding=1, norm_cfg=dict(type='LN', eps=1e-6));"
+        "tokens, size = p(torch.randn(2, 4, 9, 9)); assert size == (5, 5) and tokens.shape == (2, 25, 8);"
+        "assert nlc_to_nchw(nchw_to_nlc(torch.ones(1, 8, 5, 5)), (5, 5)).shape == (1, 8, 5, 5)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -1,0 +1,5 @@
+"""Stand-in (see hdmnet_official_stand_ins)."""
+
+from hdmnet_official_stand_ins import MultiheadAttention
+
+__all__ = ["MultiheadAttention"]
