@@ -120,12 +120,12 @@ SETTINGS: dict[str, Setting] = {
 assert SETTINGS["pooled_branch_conv"].speedups == DEFAULT_SPEEDUPS
 
 
-def setting_context(model: HDMNet, setting: Setting) -> contextlib.ExitStack:
+def setting_context(model: HDMNet, setting: Setting, device: str) -> contextlib.ExitStack:
     """Speed-ups and autocast of ``setting`` (cheap; the model copy is chosen before)."""
     model.use_speedups(setting.speedups)
     stack = contextlib.ExitStack()
     if setting.autocast_bf16:
-        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
     return stack
 
 
@@ -214,6 +214,8 @@ def benchmark_shots(
         settings.append("mkldnn")
     if device == "cpu" and bf16_supported() and not args.no_bf16:
         settings += ["bf16", "bf16_nhwc", "bf16_mkldnn"]
+    if device == "cuda" and torch.cuda.is_bf16_supported() and not args.no_bf16:
+        settings += ["bf16", "bf16_nhwc"]
     if args.compile:
         settings.append("compile")
     models = model_copies(model, settings)
@@ -225,7 +227,7 @@ def benchmark_shots(
 
     def forward(name: str) -> None:
         net = models[name]
-        with torch.no_grad(), setting_context(net, SETTINGS[name]):
+        with torch.no_grad(), setting_context(net, SETTINGS[name], device):
             outputs[name] = (compiled if name == "compile" else net)(*episode)
 
     for repeat in range(repeats + 1):  # repeat 0 is warm-up
