@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torchvision
+from model_helpers import randomise_batchnorm
 from torch import nn
 
 from hdmnet_core.model.backbone import (
@@ -217,11 +218,7 @@ def test_fold_batchnorm_folds_every_conv_bn_pair(name: str, pairs: int) -> None:
 def test_fold_batchnorm_keeps_backbone_outputs() -> None:
     torch.manual_seed(4)
     backbone = build_backbone("tiny").eval()
-    for m in backbone.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            nn.init.uniform_(m.weight, 0.5, 1.5)
+    randomise_batchnorm(backbone, seed=4)
     image = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         want = backbone(image)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 
 from hdmnet_core.config import ModelConfig
 from hdmnet_core.model.hdmnet import HDMNet
@@ -18,12 +19,7 @@ needs_mkldnn = pytest.mark.skipif(
 def model_and_episode(shots: int = 2) -> tuple[HDMNet, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     model = HDMNet(TINY, num_base_classes=15, shots=shots).eval()
-    for module in model.pspnet.modules():  # non-trivial BatchNorms, so folding matters
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
+    randomise_batchnorm(model.pspnet)  # non-trivial BatchNorms, so folding matters
     g = torch.Generator().manual_seed(1)
     query = torch.randn(2, 3, 41, 47, generator=g)
     supports = torch.randn(2, shots, 3, 41, 47, generator=g)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import randomise_batchnorm
 from torch import nn
 
 from hdmnet_core.model.pspnet import (
@@ -19,18 +20,6 @@ from hdmnet_core.model.pspnet import (
 
 def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def randomise_batchnorm(module: nn.Module, seed: int = 0) -> None:
-    """Give every BN non-trivial affine and running statistics, so eval mode matters."""
-    generator = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
 
 
 @pytest.fixture(scope="module")
