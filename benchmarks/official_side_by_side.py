@@ -52,7 +52,7 @@ from hdmnet_core.model.convert import (
     rename_to_ours,
 )
 from hdmnet_core.model.hdmnet import HDMNet
-from hdmnet_core.model.inference import inference_copy
+from hdmnet_core.model.inference import inference_copy, mkldnn_bf16_supported
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "official_side_by_side.json"
@@ -401,7 +401,7 @@ def compare_shots(
         "HDMNet": lambda: our_outputs(ours, ep),
         "inference_copy": lambda: our_outputs(fast, ep),
     }
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if mkldnn_bf16_supported():
         fast_bf16 = inference_copy(ours, backbone_dtype=torch.bfloat16)
 
         def bf16() -> Any:

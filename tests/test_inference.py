@@ -8,7 +8,7 @@ from model_helpers import randomise_batchnorm
 
 from hdmnet_core.config import ModelConfig
 from hdmnet_core.model.hdmnet import HDMNet
-from hdmnet_core.model.inference import MkldnnBackbone, inference_copy
+from hdmnet_core.model.inference import MkldnnBackbone, inference_copy, mkldnn_bf16_supported
 
 TINY = ModelConfig(backbone="tiny", width=16)
 needs_mkldnn = pytest.mark.skipif(
@@ -76,11 +76,7 @@ def test_mkldnn_backbone_is_evaluation_only_on_the_cpu() -> None:
     assert all(v.layout == torch.strided for v in features.values())
 
 
-@needs_mkldnn
-@pytest.mark.skipif(
-    not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-    reason="no bf16 support in oneDNN on this CPU",
-)
+@pytest.mark.skipif(not mkldnn_bf16_supported(), reason="no bf16 support in oneDNN here")
 def test_bf16_backbone_under_autocast_stays_close() -> None:
     model, episode = model_and_episode()
     fast = inference_copy(model, "mkldnn", torch.bfloat16)

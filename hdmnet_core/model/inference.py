@@ -35,6 +35,11 @@ from hdmnet_core.model.hdmnet import HDMNet
 BackboneLayout = Literal["nchw", "channels_last", "mkldnn"]
 
 
+def mkldnn_bf16_supported() -> bool:
+    """True if this torch build has oneDNN and oneDNN runs bf16 on this CPU."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 class MkldnnBackbone(nn.Module):
     """A frozen :class:`~hdmnet_core.model.backbone.Backbone` run in oneDNN's blocked layout.
 
@@ -54,7 +59,7 @@ class MkldnnBackbone(nn.Module):
             raise RuntimeError("MkldnnBackbone: this torch build has no oneDNN (mkldnn)")
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"MkldnnBackbone: dtype must be float32 or bfloat16, got {dtype}")
-        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if dtype == torch.bfloat16 and not mkldnn_bf16_supported():
             raise ValueError("MkldnnBackbone: this CPU has no bf16 support in oneDNN")
         self.name = backbone.name
         self.channels = dict(backbone.channels)
@@ -128,4 +133,10 @@ def inference_copy(
     return fast
 
 
-__all__ = ["BackboneLayout", "MkldnnBackbone", "default_layout", "inference_copy"]
+__all__ = [
+    "BackboneLayout",
+    "MkldnnBackbone",
+    "default_layout",
+    "inference_copy",
+    "mkldnn_bf16_supported",
+]
