@@ -281,10 +281,10 @@ def training_batch(shots: int, size: int, batch: int, seed: int) -> dict[str, to
 
 
 def training_check(
-    classes: tuple[Any, Any], shots: int, size: int, workdir: Path
+    official: torch.nn.Module, ours: HDMNet, shots: int, size: int
 ) -> dict[str, Any]:
-    """One training step on both models; loss terms and gradients compared."""
-    official, ours = build_pair(classes, shots, seed=shots, workdir=workdir)
+    """One training step on both models (switched to training as ``train.py`` does);
+    loss terms and gradients compared."""
     official.cls_type = "Base"  # as train.py builds it
     official.freeze_modules(official)
     official.train()
@@ -369,14 +369,10 @@ def timings(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[
     return times
 
 
-def compare_shots(
-    classes: tuple[Any, Any], shots: int, args: argparse.Namespace, workdir: Path
-) -> dict[str, Any]:
-    """Output check and (if ``args.size``) timings for one number of shots."""
-    official, ours = build_pair(classes, shots, seed=shots, workdir=workdir)
-    check_ep = episode(shots, args.check_size, seed=100 + shots)
-    check = agreement(official_outputs(official, check_ep), our_outputs(ours, check_ep))
-    entry: dict[str, Any] = {"shots": shots, "check_size": args.check_size, "agreement": check}
+def output_check(official: torch.nn.Module, ours: HDMNet, shots: int, size: int) -> dict[str, Any]:
+    """Evaluation outputs of both models on one random episode."""
+    ep = episode(shots, size, seed=100 + shots)
+    check = agreement(official_outputs(official, ep), our_outputs(ours, ep))
     for name, values in check.items():
         print(
             f"{shots}-shot {name:5} max|official - ours| {values['max_abs_diff']:.2e} "
@@ -384,17 +380,14 @@ def compare_shots(
             f"{100 * values['argmax_agreement']:.3f} % (official foreground "
             f"{100 * values['official_foreground_fraction']:.1f} %), agrees: {values['agrees']}"
         )
-    if args.train_check:
-        official_module = importlib.import_module("model.HDMNet")
-        official_module.torch = TorchWithoutCuda()  # type: ignore[attr-defined]
-        try:
-            with torch.inference_mode(False), torch.enable_grad():
-                entry["training"] = training_check(classes, shots, args.check_size, workdir)
-        finally:
-            official_module.torch = torch  # type: ignore[attr-defined]
-    if args.size <= 0:
-        return entry
-    ep = episode(shots, args.size, seed=200 + shots)
+    return check
+
+
+def time_forwards(
+    official: torch.nn.Module, ours: HDMNet, shots: int, size: int, repeats: int
+) -> dict[str, Any]:
+    """Official forward vs ``HDMNet`` and its ``inference_copy`` (fp32, bf16 if available)."""
+    ep = episode(shots, size, seed=200 + shots)
     fast = inference_copy(ours)
     runs: dict[str, Callable[[], Any]] = {
         "official": lambda: official_outputs(official, ep),
@@ -409,20 +402,41 @@ def compare_shots(
                 return our_outputs(fast_bf16, ep)
 
         runs["inference_copy_bf16"] = bf16
-    times = timings(runs, args.repeats)
+    times = timings(runs, repeats)
     medians = {name: statistics.median(v) for name, v in times.items()}
-    entry["size"] = args.size
-    entry["timings"] = {}
+    result: dict[str, Any] = {}
     for name in runs:
         speedup = medians["official"] / medians[name]
-        entry["timings"][name] = {
+        result[name] = {
             "median_s": medians[name],
             "runs_s": times[name],
             "speedup_vs_official": speedup,
         }
         print(
-            f"{shots}-shot {args.size}x{args.size} {name:20} {medians[name]:7.2f} s  x official {speedup:.2f}"
+            f"{shots}-shot {size}x{size} {name:20} {medians[name]:7.2f} s  x official {speedup:.2f}"
         )
+    return result
+
+
+def compare_shots(
+    classes: tuple[Any, Any], shots: int, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    """Output check, timings (if ``args.size``) and training check (if asked), all on
+    one pair of models."""
+    official, ours = build_pair(classes, shots, seed=shots, workdir=workdir)
+    entry: dict[str, Any] = {"shots": shots, "check_size": args.check_size}
+    with torch.inference_mode():
+        entry["agreement"] = output_check(official, ours, shots, args.check_size)
+        if args.size > 0:
+            entry["size"] = args.size
+            entry["timings"] = time_forwards(official, ours, shots, args.size, args.repeats)
+    if args.train_check:  # last: it switches both models to training
+        official_module = importlib.import_module("model.HDMNet")
+        official_module.torch = TorchWithoutCuda()  # type: ignore[attr-defined]
+        try:
+            entry["training"] = training_check(official, ours, shots, args.check_size)
+        finally:
+            official_module.torch = torch  # type: ignore[attr-defined]
     return entry
 
 
@@ -450,7 +464,7 @@ def main() -> int:
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+    with tempfile.TemporaryDirectory() as tmp:
         results = [compare_shots(classes, shots, args, Path(tmp)) for shots in args.shots]
     atomic_write_json(
         args.out, {"threads": args.threads, "torch": torch.__version__, "results": results}
