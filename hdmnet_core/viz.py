@@ -82,7 +82,11 @@ def show_episode(
     prediction: Any = None,
     size: float = 2.6,
 ) -> Figure:
-    """Supports (with masks) on the left, the query (with its mask) and an optional prediction."""
+    """Supports (with masks) on the left, the query (with its mask) and an optional prediction.
+
+    Every panel is ``size`` x ``size`` inches whatever the number of shots, and pixels
+    are drawn unsmoothed, so a figure saved at a fixed dpi shows every image at one scale.
+    """
     supports = batch["support_images"][index]  # (K,3,H,W)
     support_masks = batch["support_masks"][index]  # (K,H,W)
     shots = supports.shape[0]
@@ -91,18 +95,30 @@ def show_episode(
     class_id = int(batch["class_id"][index])
     name = class_names[class_id - 1] if class_names else f"class {class_id}"
     for k in range(shots):
-        axes[0, k].imshow(overlay_mask(to_uint8_image(supports[k]), support_masks[k]))
+        axes[0, k].imshow(
+            overlay_mask(to_uint8_image(supports[k]), support_masks[k]), interpolation="nearest"
+        )
         axes[0, k].set_title(f"support {k + 1}")
     query = to_uint8_image(batch["query_image"][index])
-    axes[0, shots].imshow(overlay_mask(query, batch["query_mask"][index]))
+    axes[0, shots].imshow(overlay_mask(query, batch["query_mask"][index]), interpolation="nearest")
     axes[0, shots].set_title("query + ground truth")
     if prediction is not None:
-        axes[0, shots + 1].imshow(overlay_mask(query, prediction, colour=(0.9, 0.3, 0.1)))
+        axes[0, shots + 1].imshow(
+            overlay_mask(query, prediction, colour=(0.9, 0.3, 0.1)), interpolation="nearest"
+        )
         axes[0, shots + 1].set_title("prediction")
     for ax in axes[0]:
         ax.axis("off")
     fig.suptitle(f"{shots}-shot episode: segment '{name}'")
     fig.tight_layout()
+    return fig
+
+
+def blank_panel(text: str, columns: int = 2, size: float = 2.6) -> Figure:
+    """A figure the size of a ``columns``-panel :func:`show_episode` holding only ``text``
+    (shown instead of a stale picture when there is nothing to draw)."""
+    fig = plt.figure(figsize=(size * columns, size))
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, color="0.4")
     return fig
 
 

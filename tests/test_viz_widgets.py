@@ -7,7 +7,13 @@ from hdmnet_core.data.datasets import open_source
 from hdmnet_core.data.episodes import build_episode_dataset
 from hdmnet_core.data.transforms import normalize
 from hdmnet_core.viz import colour_class_mask, overlay_mask, show_episode, to_uint8_image
-from hdmnet_core.widgets import EpisodeBrowser, episode_of_class, find_episode
+from hdmnet_core.widgets import (
+    EpisodeBrowser,
+    episode_of_class,
+    episode_positions,
+    find_episode,
+    png_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +92,79 @@ def test_episode_browser_follows_its_controls(tiny_config):
     browser.class_choice.value = 12
     assert int(browser.current["class_id"][0]) == 12
     assert browser.message.value.startswith("episode ")
+
+
+def test_episode_number_box_is_bounded_and_out_of_range_is_said(tiny_config):
+    source = open_source(tiny_config, "val")
+    browser = EpisodeBrowser(tiny_config, source)
+    dataset = build_episode_dataset(tiny_config, "val", source, seed=0)
+    count = len(episode_positions(dataset, browser.class_choice.value))
+    assert count >= 2 and browser.episode_count == count
+    assert browser.occurrence.max == count - 1
+    browser.occurrence.value = count + 5  # typed past the end: the box clamps it
+    assert browser.occurrence.value == count - 1
+    last = episode_positions(dataset, browser.class_choice.value)[-1]
+    assert browser.current["query_name"][0] == dataset[last]["query_name"]
+    # a seed with fewer episodes of a class leaves a number out of range: clamped, said
+    datasets = [build_episode_dataset(tiny_config, "val", source, seed=s) for s in range(20)]
+    varied = {}
+    for class_id in (1, 2, 3, 4, 5):
+        counts = {s: len(episode_positions(d, class_id)) for s, d in enumerate(datasets)}
+        if len(set(counts.values()) - {0}) > 1:
+            varied[class_id] = counts
+    class_id, counts = next(iter(varied.items()))
+    many = max(counts, key=counts.__getitem__)
+    fewer = min((s for s in counts if counts[s] > 0), key=counts.__getitem__)
+    browser.class_choice.value = class_id
+    browser.seed.value = many
+    browser.occurrence.value = counts[many] - 1
+    assert browser.message.value.startswith(f"episode {counts[many] - 1} of {counts[many]}")
+    browser.seed.value = fewer
+    assert browser.occurrence.max == counts[fewer] - 1
+    assert "out of range" in browser.message.value
+    assert f"showing # {counts[fewer] - 1}" in browser.message.value
+    assert browser.current is not None
+
+
+def test_episode_browser_without_episode_clears_the_picture(tiny_config):
+    source = open_source(tiny_config, "val")
+    browser = EpisodeBrowser(tiny_config, source)
+    before = bytes(browser.image.value)
+    browser.class_choice.options = [("999: none", 999)]  # a class no episode has
+    assert browser.current is None
+    assert "has no episode" in browser.message.value and "try another seed" in browser.message.value
+    assert bytes(browser.image.value) != before  # the stale picture is gone
+    assert png_size(bytes(browser.image.value))[1] == png_size(before)[1]
+
+
+def test_episode_browser_panels_keep_one_pixel_size(tiny_config):
+    source = open_source(tiny_config, "val")
+    browser = EpisodeBrowser(tiny_config, source)
+    one = png_size(bytes(browser.image.value))
+    assert browser.image.layout.width == f"{one[0]}px" and browser.image.width == str(one[0])
+    browser.shots.value = 2
+    three = png_size(bytes(browser.image.value))
+    assert three[1] == one[1]  # same height: panels are not shrunk to fit
+    assert three[0] * 2 == one[0] * 3  # 3 panels vs 2 panels of the same width
+    assert browser.image.layout.width == f"{three[0]}px"
+
+
+def test_episode_browser_offers_a_static_preview(tiny_config):
+    import base64
+
+    source = open_source(tiny_config, "val")
+    browser = EpisodeBrowser(tiny_config, source)
+    bundle = browser._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert base64.b64decode(bundle["image/png"]) == bytes(browser.image.value)
+    assert "static preview" in bundle["text/plain"]
+
+
+def test_episode_browser_says_when_a_class_has_too_few_supports(tiny_config):
+    source = open_source(tiny_config, "val")
+    browser = EpisodeBrowser(tiny_config, source)
+    browser.shots.value = 5  # the tiny split has fewer usable images of some class
+    assert browser.current is None
+    assert "cannot draw 5 support(s)" in browser.message.value
+    browser.shots.value = 1
+    assert browser.current is not None and browser.message.value.startswith("episode ")
