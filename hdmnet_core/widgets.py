@@ -12,7 +12,12 @@ from typing import Any
 
 from hdmnet_core.config import Config
 from hdmnet_core.data import splits
-from hdmnet_core.data.episodes import EpisodeDataset, build_episode_dataset, collate_episodes
+from hdmnet_core.data.episodes import (
+    EpisodeDataset,
+    Mode,
+    build_episode_dataset,
+    collate_episodes,
+)
 from hdmnet_core.data.source import DataError, SegmentationSource
 
 BROWSER_DPI = 80
@@ -147,7 +152,7 @@ class EpisodeBrowser:
             **{"data.fold": self.fold.value, "data.shots": self.shots.value}
         )
         class_id, seed, wanted = self.class_choice.value, self.seed.value, self.occurrence.value
-        mode = "val" if self.split == "val" else "train"
+        mode: Mode = "val" if self.split == "val" else "train"
         try:
             dataset = build_episode_dataset(cfg, mode, self.source, seed=seed)
         except DataError as err:  # e.g. more shots than a class has images
