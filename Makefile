@@ -1,6 +1,7 @@
 # Two commands do all set-up (see README):
 #   make reproduce   create .venv if missing, install, run the notebooks on the CPU default
 #   make test        same bootstrap, then lint, type check, pytest and nbval
+#   make lab         same bootstrap, then JupyterLab on the workspace (.venv kernel, ipywidgets)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -8,6 +9,8 @@ PY := $(VENV)/bin/python
 PROFILE ?= cpu-tiny
 DATA_ROOT ?= data
 PYTEST_ARGS ?=
+LAB_PORT ?= 8888
+LAB_ARGS ?=
 
 # Every cache that Jupyter, matplotlib, torch or HF would put in $HOME lives in .cache/.
 CACHE := $(CURDIR)/.cache
@@ -23,7 +26,7 @@ export XDG_CACHE_HOME := $(CACHE)/xdg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: venv caches reproduce test lint typecheck pytest format clean
+.PHONY: venv caches reproduce lab test lint typecheck pytest format clean
 
 # The stamp depends on the install inputs: editing them reinstalls, nothing else does.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -39,6 +42,18 @@ caches:
 
 reproduce: venv caches
 	$(PY) -m hdmnet_core reproduce --profile $(PROFILE) --data-root $(DATA_ROOT)
+
+# JupyterLab from .venv: its "python3" kernel is the .venv interpreter and ipywidgets 8
+# needs no extension build. Widget state is saved with the notebook (Lab setting
+# saveState) so that stored widgets show without a kernel. No update or news checks
+# (no internet needed); --allow-root only when run as root (containers). Pass e.g. LAB_ARGS="--no-browser --ip=0.0.0.0" for a remote host.
+LAB_WIDGET_SETTINGS := $(JUPYTER_CONFIG_DIR)/lab/user-settings/@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings
+lab: venv caches
+	@mkdir -p $(dir $(LAB_WIDGET_SETTINGS))
+	@test -f $(LAB_WIDGET_SETTINGS) || echo '{"saveState": true}' > $(LAB_WIDGET_SETTINGS)
+	$(PY) -m jupyter lab --ServerApp.root_dir=$(CURDIR) --ServerApp.preferred_dir=$(CURDIR)/notebooks \
+		--ServerApp.port=$(LAB_PORT) --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		--LabApp.news_url=None $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .
