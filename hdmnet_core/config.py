@@ -84,25 +84,63 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     seed: int = 321
+    device: str = "auto"
+    """``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``; nothing assumes CUDA."""
     epochs: int = 200
     max_steps: int | None = None
     """If set, stop after this many optimizer steps (CPU profiles count steps, not epochs)."""
-    batch_size: int = 8
+    batch_size: int = 16
+    """GLOBAL batch: episodes per optimizer step over all processes and accumulation steps.
+    Official PASCAL: the shipped ``train.sh`` runs 4 processes x ``batch_size: 4`` = 16
+    (COCO 4 x 6 = 24); each process gets ``batch_size / (world_size * grad_accum)``."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step (the same global batch on fewer devices)."""
     lr: float = 1e-4
     new_layer_lr_multiplier: float = 10.0
     """``down_*`` and ``*_merge`` layers train at ``lr`` times this (official: 10)."""
     weight_decay: float = 0.01
     poly_power: float = 0.9
     early_stop_patience: int = 80
+    """Stop after this many validations without a new best (official: 80 epochs PASCAL)."""
     selection_split: Literal["novel-val", "base-val", "none"] = "novel-val"
-    """Which split selects the best checkpoint. Official: the novel classes of the val list
-    (test classes used for selection); ``base-val`` holds out base classes instead."""
+    """Which split selects the best checkpoint. Official ``novel-val``: 1,000 episodes of the
+    fold's NOVEL (test) classes on the val list, i.e. model selection on the test classes,
+    which the BAM authors concede. ``base-val``: episodes of the base classes on the val
+    images (no test class is seen before the final evaluation). ``none``: keep the last."""
+    val_every: int | None = None
+    """Validate every this many optimizer steps; ``None`` = after every epoch (official)."""
+    val_episodes: int = 1000
+    """Validation episodes (official 1,000 for PASCAL and COCO, reseeded every time)."""
+    val_seed: int = 321
+    """Validation episodes are drawn with this seed every time (official ``manual_seed``)."""
+    checkpoint_every: int = 200
+    """Also write ``last.pt`` every this many steps (0 = only at validations and the end),
+    so that an interrupted run loses at most this many steps."""
+    log_every: int = 10
+    """Write the CSV / TensorBoard row of the loss terms every this many steps."""
+    base_learner_epochs: int = 100
+    """Stage 1 length in epochs over the train list (BAM: PASCAL 100, COCO 20)."""
     base_learner_steps: int = 0
-    """CPU profiles train the base learner (PSPNet) themselves for this many steps."""
-    base_learner_lr: float = 0.01
+    """If > 0, stage 1 runs this many steps instead of ``base_learner_epochs`` (CPU profiles)."""
+    base_learner_lr: float = 2.5e-4
+    """BAM ``train_base``: SGD lr 2.5e-4 for the backbone, 10x for the pyramid and classifier."""
+    base_learner_head_lr_multiplier: float = 10.0
+    base_learner_momentum: float = 0.9
+    base_learner_weight_decay: float = 1e-4
+    base_learner_batch_size: int = 12
+    """Global stage-1 batch (BAM: 3 per GPU x 4 GPUs)."""
+    base_learner_crop: int = 417
+    """Stage-1 random crop size (BAM 417; the crop pads images with the mean, labels with 255)."""
+    base_learner_scale_range: tuple[float, float] = (0.5, 2.0)
+    base_learner_val_every: int | None = None
+    """Stage-1 validation (base-class mIoU on the val split) every this many steps; None = per epoch."""
+    base_learner_val_images: int | None = None
+    """Score at most this many val images in stage-1 validation (None = all)."""
     amp: Literal["off", "bf16", "fp16"] = "off"
+    """Autocast precision of the trainable part (fp16 uses a GradScaler)."""
     channels_last: bool = False
     compile: bool = False
+    """``torch.compile`` the meta learner (speed only; results equal up to rounding)."""
 
 
 @dataclass
@@ -113,6 +151,18 @@ class EvalConfig:
     """numpy seed from which the per-run seeds are drawn with randint(0, 1000, seeds)."""
     batch_size: int = 1
     report: Literal["mean", "best"] = "mean"
+    cache: Literal["auto", "on", "off"] = "auto"
+    """Feature-cached evaluation (``engine/feature_cache.py``): the frozen features of every
+    query image and (support image, class) pair are computed once and reused by every
+    episode and seed. ``auto``: used when it fits ``cache_budget_gb`` (else the uncached
+    path, with a message); ``on``: an error when it does not fit; ``off``: never."""
+    cache_budget_gb: float = 16.0
+    """The most memory (GPU, RAM or disk) the feature cache may take, in GB (1e9 bytes)."""
+    cache_storage: Literal["auto", "device", "disk"] = "auto"
+    """Where the cache lives: ``device`` (GPU memory, or RAM when evaluating on the CPU),
+    ``disk`` (memory-mapped files under ``cache_dir``); ``auto``: the device when it fits."""
+    cache_dir: str | None = None
+    """Folder for a disk cache (default: ``feature_cache/`` inside the output folder)."""
 
 
 @dataclass
@@ -239,6 +289,43 @@ class Config:
             "must be >= 1 or None",
         )
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+        _check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
+        _check(
+            t.val_every is None or t.val_every >= 1,
+            "train.val_every",
+            t.val_every,
+            "must be >= 1 or None",
+        )
+        _check(t.val_episodes >= 1, "train.val_episodes", t.val_episodes, "must be >= 1")
+        _check(
+            t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "must be >= 0"
+        )
+        _check(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
+        _check(
+            t.device in ("auto", "cpu", "cuda", "mps"),
+            "train.device",
+            t.device,
+            "must be one of auto, cpu, cuda, mps",
+        )
+        _check(t.base_learner_lr > 0, "train.base_learner_lr", t.base_learner_lr, "must be > 0")
+        _check(
+            t.base_learner_batch_size >= 1,
+            "train.base_learner_batch_size",
+            t.base_learner_batch_size,
+            "must be >= 1",
+        )
+        _check(
+            t.base_learner_crop >= 32,
+            "train.base_learner_crop",
+            t.base_learner_crop,
+            "must be >= 32",
+        )
+        _check(
+            t.base_learner_epochs >= 1,
+            "train.base_learner_epochs",
+            t.base_learner_epochs,
+            "must be >= 1",
+        )
         _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
         _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
         _check(
@@ -250,6 +337,14 @@ class Config:
         _check(e.episodes >= 1, "eval.episodes", e.episodes, "must be >= 1")
         _check(e.seeds >= 1, "eval.seeds", e.seeds, "must be >= 1")
         _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "must be >= 1")
+        _check(e.seed_generator >= 0, "eval.seed_generator", e.seed_generator, "must be >= 0")
+        _check(e.cache_budget_gb > 0, "eval.cache_budget_gb", e.cache_budget_gb, "must be > 0")
+        _check(
+            e.cache_dir is None or e.cache_dir.strip() != "",
+            "eval.cache_dir",
+            e.cache_dir,
+            "must be a folder path or None",
+        )
 
 
 _SECTIONS = ("data", "model", "train", "eval")
@@ -361,8 +456,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model.width": 32,
         "train.batch_size": 16,
         "train.max_steps": 1000,
+        "train.val_every": 250,
+        "train.val_episodes": 300,
+        "train.checkpoint_every": 100,
         "train.base_learner_steps": 1500,
         "train.base_learner_lr": 0.05,
+        "train.base_learner_batch_size": 16,
+        "train.base_learner_crop": 96,
+        "train.base_learner_scale_range": (0.75, 1.5),
+        "train.base_learner_val_every": 500,
+        "train.base_learner_val_images": 200,
         "train.lr": 1e-3,
         "train.early_stop_patience": 1000,
         "eval.episodes": 500,
@@ -375,7 +478,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.eval_size": 473,
         "model.backbone": "resnet50",
         "train.epochs": 200,
-        "train.batch_size": 8,
+        "train.batch_size": 16,
         "eval.episodes": 1000,
         "eval.seeds": 10,
     },
@@ -385,7 +488,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.eval_size": 473,
         "model.backbone": "resnet101",
         "train.epochs": 200,
-        "train.batch_size": 8,
+        "train.batch_size": 16,
     },
     "pascal-vgg": {
         "data.dataset": "pascal",
@@ -393,7 +496,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.eval_size": 473,
         "model.backbone": "vgg16_bn",
         "train.epochs": 200,
-        "train.batch_size": 8,
+        "train.batch_size": 16,
     },
     # Full size, GPU: COCO-20i (interleaved folds), 633 x 633, batch 6 per GPU, 50 epochs.
     "coco-r50": {
@@ -403,7 +506,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.scale_range": (0.8, 1.25),
         "model.backbone": "resnet50",
         "train.epochs": 50,
-        "train.batch_size": 6,
+        "train.batch_size": 24,
+        "train.early_stop_patience": 75,
+        "train.base_learner_epochs": 20,
         "eval.episodes": 10000,
         "eval.seeds": 10,
     },
@@ -414,7 +519,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.scale_range": (0.8, 1.25),
         "model.backbone": "vgg16_bn",
         "train.epochs": 50,
-        "train.batch_size": 6,
+        "train.batch_size": 24,
+        "train.early_stop_patience": 75,
+        "train.base_learner_epochs": 20,
         "eval.episodes": 10000,
     },
 }

@@ -27,7 +27,17 @@ def test_profiles_set_the_documented_values():
     )
     assert pascal.eval.episodes == 1000 and pascal.train.seed == 321
     coco = Config.from_profile("coco-r50")
-    assert (coco.data.dataset, coco.data.eval_size, coco.train.batch_size) == ("coco", 633, 6)
+    # the global batch: the shipped scripts run 4 processes x 6 (COCO) / 4 x 4 (PASCAL)
+    assert (coco.data.dataset, coco.data.eval_size, coco.train.batch_size) == ("coco", 633, 24)
+    assert pascal.train.batch_size == 16 and pascal.train.early_stop_patience == 80
+    assert coco.train.early_stop_patience == 75 and coco.train.base_learner_epochs == 20
+    base = pascal.train
+    assert (base.base_learner_lr, base.base_learner_batch_size, base.base_learner_crop) == (
+        2.5e-4,
+        12,
+        417,
+    )
+    assert base.base_learner_epochs == 100 and base.base_learner_scale_range == (0.5, 2.0)
     assert coco.data.scale_range == (0.8, 1.25) and coco.eval.episodes == 10000
 
 

@@ -155,6 +155,13 @@ class TrainTransform:
         self, image: Tensor, masks: Sequence[Tensor], params: AugmentationParams
     ) -> tuple[Tensor, list[Tensor]]:
         """Apply fixed ``params`` to tv_tensors (image float 0..255, masks uint8)."""
+        image, masks = self.augment(image, masks, params)
+        return resize_pair(image, masks, (self.size, self.size))
+
+    def augment(
+        self, image: Tensor, masks: Sequence[Tensor], params: AugmentationParams
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Steps 1-4 (scale, rotation, blur, flip) without the final resize."""
         h, w = image.shape[-2:]
         scaled = (max(1, round(h * params.scale)), max(1, round(w * params.scale)))
         image, masks = resize_pair(image, masks, scaled)
@@ -177,7 +184,7 @@ class TrainTransform:
         if params.flip:
             image = F.horizontal_flip(image)
             masks = [F.horizontal_flip(m) for m in masks]
-        return resize_pair(image, masks, (self.size, self.size))
+        return image, list(masks)
 
     def __call__(
         self, image: np.ndarray, masks: Sequence[np.ndarray], rng: np.random.Generator
@@ -185,6 +192,50 @@ class TrainTransform:
         image_t, masks_t = to_tv_tensors(image, masks)
         image_out, masks_out = self.apply(image_t, masks_t, self.draw(rng))
         return _finish(image_out, masks_out)
+
+
+# ------------------------------------------------------------- base learner (stage 1)
+@dataclass(frozen=True)
+class CropTrainTransform:
+    """Stage-1 augmentation of BAM ``train_base.py`` (semseg): scale, rotation, blur, flip as
+    :class:`TrainTransform`, then a random ``size`` x ``size`` crop instead of a resize.
+
+    An image smaller than the crop is first padded evenly on both sides, with the ImageNet
+    mean for the image and 255 for the masks (official ``Crop(..., crop_type="rand")``).
+    """
+
+    size: int
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    rotate_degrees: float = 10.0
+
+    def __call__(
+        self, image: np.ndarray, masks: Sequence[np.ndarray], rng: np.random.Generator
+    ) -> tuple[Tensor, list[Tensor]]:
+        augment = TrainTransform(self.size, self.scale_range, self.rotate_degrees)
+        params = augment.draw(rng)
+        corner = (float(rng.random()), float(rng.random()))  # crop origin as fractions
+        image_t, masks_t = to_tv_tensors(image, masks)
+        image_a, masks_a = augment.augment(image_t, masks_t, params)
+        image_c, masks_c = random_crop(image_a, masks_a, self.size, corner)
+        return _finish(image_c, masks_c)
+
+
+def random_crop(
+    image: Tensor, masks: Sequence[Tensor], size: int, corner: tuple[float, float]
+) -> tuple[Tensor, list[Tensor]]:
+    """Pad to at least ``size`` (mean / 255, evenly), then crop ``size`` x ``size`` at
+    ``corner`` (fractions in [0, 1) of the free range): ``(3,H,W) -> (3,size,size)``."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = max(size - h, 0), max(size - w, 0)
+    if pad_h or pad_w:
+        border = [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]  # l, t, r, b
+        image = F.pad(image, border, fill=list(IMAGENET_MEAN_255))
+        masks = [F.pad(m, border, fill=IGNORE_INDEX) for m in masks]
+        h, w = image.shape[-2:]
+    top = int(corner[0] * (h - size + 1))
+    left = int(corner[1] * (w - size + 1))
+    image = F.crop(image, top, left, size, size)
+    return image, [F.crop(m, top, left, size, size) for m in masks]
 
 
 # --------------------------------------------------------------------- evaluation
