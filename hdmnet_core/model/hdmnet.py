@@ -272,10 +272,41 @@ class HDMNet(nn.Module):
         self.check_inputs(
             query_image, support_images, support_masks, query_mask, query_base_label, base_channel
         )
-        b, k = support_images.shape[:2]
         support_fg = (support_masks == 1).to(query_image.dtype)  # (B, K, H, W)
-
         query_feats, support_feats = self.frozen_features(query_image, support_images, support_fg)
+        out = self.forward_from_features(
+            query_feats, support_feats, support_fg, query_image.shape[-2:], base_channel
+        )
+        if query_mask is not None:
+            out.losses = episode_losses(
+                out.final_logits,
+                out.meta_logits,
+                out.base_logits,
+                out.distill_maps,
+                query_mask,
+                query_base_label,
+                distillation=self.config.distillation,
+                ensemble=self.ensemble is not None,
+                distill_temperature=self.config.distill_temperature,
+            )
+        return out
+
+    def forward_from_features(
+        self,
+        query_feats: dict[str, torch.Tensor],
+        support_feats: dict[str, torch.Tensor],
+        support_fg: torch.Tensor,
+        size: tuple[int, int] | torch.Size,
+        base_channel: torch.Tensor | None = None,
+    ) -> HDMNetOutput:
+        """Everything after :meth:`frozen_features` (priors, meta learner, ensemble), without
+        losses; logits resized to ``size``. The feature-cached evaluation
+        (``engine.feature_cache``) calls it with stored frozen features.
+
+        Reads ``layer2``, ``layer3``, ``layer4`` and ``feat5`` of the query (B, ...) and of
+        the supports (B*K, ...); support ``layer4`` / ``feat5`` only at the foreground
+        positions of ``support_fg`` (B, K, H, W) nearest-resized to their grid.
+        """
         with torch.no_grad():
             priors = self.prior_masks(query_feats, support_feats, support_fg)  # (B, 2, h, w)
             base_small = self.pspnet.base_learner_logits(query_feats["feat5"])  # (B, C+1, h, w)
@@ -290,26 +321,12 @@ class HDMNet(nn.Module):
             base_for_merge = resize_to(base_small, meta_small.shape[-2:])
             final_small = self.ensemble(meta_small, base_for_merge, differences, excluded)
 
-        size = query_image.shape[-2:]
-        out = HDMNetOutput(
+        return HDMNetOutput(
             final_logits=resize_to(final_small, size),
             meta_logits=resize_to(meta_small, size),
             base_logits=resize_to(base_small, size),
             distill_maps=distill_maps,
         )
-        if query_mask is not None:
-            out.losses = episode_losses(
-                out.final_logits,
-                out.meta_logits,
-                out.base_logits,
-                distill_maps,
-                query_mask,
-                query_base_label,
-                distillation=self.config.distillation,
-                ensemble=self.ensemble is not None,
-                distill_temperature=self.config.distill_temperature,
-            )
-        return out
 
     def frozen_features(
         self, query_image: torch.Tensor, support_images: torch.Tensor, support_fg: torch.Tensor
