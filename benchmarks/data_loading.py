@@ -36,7 +36,7 @@ sys.path.insert(0, str(PROJECT))
 from hdmnet_core.atomic import atomic_write_json  # noqa: E402
 from hdmnet_core.data import splits  # noqa: E402
 from hdmnet_core.data.episodes import EpisodeDataset  # noqa: E402
-from hdmnet_core.data.prepare import PreparedSource  # noqa: E402
+from hdmnet_core.data.prepared import PreparedSource  # noqa: E402
 from hdmnet_core.data.transforms import EvalTransform, TrainTransform  # noqa: E402
 
 RESULTS = PROJECT / "benchmarks" / "results" / "data_loading.json"

@@ -3,19 +3,16 @@
     python data_scripts/prepare_coco.py --root data [options]     (see --help)
     python data_scripts/prepare_coco.py --root data --verify      (checks, changes nothing)
 
-Steps (hdmnet_core/data/coco.py): fetch or locate the official archives, extract
-them, check every image, convert every mask to a class-index PNG, write the per-image
-class areas (index/<split>.json) and the lists, then the completion marker
-prepared.json. docs/data.md describes the result.
+Steps (hdmnet_core/data/coco.py): locate (or fetch) the official archives, extract them,
+check every image and mask, write the per-image class areas (index/<split>.json) and
+the lists, then the completion marker prepared.json. docs/data.md describes the result.
 """
 
 from __future__ import annotations
 
-import sys
-
 import _bootstrap  # noqa: F401
 
-from hdmnet_core.cli import main
+from hdmnet_core.data.prepare import main_for_script
 
 if __name__ == "__main__":
-    raise SystemExit(main(["prepare", "coco", *sys.argv[1:]]))
+    raise SystemExit(main_for_script("coco", "python data_scripts/prepare_coco.py"))

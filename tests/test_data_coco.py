@@ -17,7 +17,7 @@ from data_formats import (
 )
 
 from hdmnet_core.data.coco import CLASS_OF_CATEGORY, CocoSource, prepare_coco
-from hdmnet_core.data.prepare import verify_prepared
+from hdmnet_core.data.prepared import verify_prepared
 from hdmnet_core.data.source import DataError, SegmentationSource
 
 H, W = 48, 64

@@ -17,7 +17,7 @@ from hdmnet_core.data.fss1000 import (
     prepare_fss1000,
     split_class_ids,
 )
-from hdmnet_core.data.prepare import verify_prepared
+from hdmnet_core.data.prepared import verify_prepared
 from hdmnet_core.data.source import DataError, SegmentationSource
 
 LISTS = {"train": ["zebra", "apple", "kite"], "val": ["bus"], "test": ["pizza", "coin"]}

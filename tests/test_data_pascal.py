@@ -16,9 +16,9 @@ from data_formats import (
 )
 from PIL import Image
 
-from hdmnet_core.data import prepare as prepare_module
+from hdmnet_core.data import prepared as prepare_module
 from hdmnet_core.data.pascal import PascalSource, build_lists, prepare_pascal
-from hdmnet_core.data.prepare import verify_prepared
+from hdmnet_core.data.prepared import verify_prepared
 from hdmnet_core.data.source import DataError, SegmentationSource
 
 S = 64  # image side: 4096 pixels, so a 48 x 48 object passes the 2048-pixel rule
@@ -113,8 +113,9 @@ def test_prepare_official_lists_masks_and_index(tmp_path: Path) -> None:
 
     # BAM-style fold lists for inspection, consistent with the pair counts.
     folder = tmp_path / "data" / "pascal" / "lists"
+    # Official "image mask" lines, relative to the dataset folder (even outside it).
     assert (folder / "fold0_train.txt").read_text() == (
-        f"{train._entries[1].image} masks/2007_000002.png\n"
+        "../../in/VOCdevkit/VOC2012/JPEGImages/2007_000002.jpg masks/2007_000002.png\n"
     )
     fold0_classes = json.loads((folder / "fold0_train_classes.json").read_text())
     assert fold0_classes["7"] == ["2007_000002"] and fold0_classes["11"] == []
@@ -213,11 +214,11 @@ def test_interrupted_conversion_is_not_trusted_then_resumes(
     real_write = prepare_module.write_png
     calls = {"n": 0}
 
-    def failing_write(path: Path, mask: np.ndarray) -> None:
+    def failing_write(path: Path, mask: np.ndarray, digest: str | None = None) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # the user pressed Ctrl-C during the conversion
-        real_write(path, mask)
+        real_write(path, mask, digest)
 
     monkeypatch.setattr(pascal, "write_png", failing_write)
     with pytest.raises(KeyboardInterrupt):

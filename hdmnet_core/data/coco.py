@@ -23,6 +23,7 @@ same prepared data: folds are a property of the class ids, not of the files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -36,24 +37,33 @@ import numpy as np
 
 from hdmnet_core import __version__
 from hdmnet_core.data.download import extract_archive, fetch_archive
-from hdmnet_core.data.prepare import (
+from hdmnet_core.data.prepared import (
     FORMAT_VERSION,
-    FoldList,
     PreparedSource,
     SplitIndex,
-    begin_staging,
     check_jpeg,
-    commit_staging,
-    convert_and_index_split,
-    fold_lists,
-    pairs_per_fold,
-    raise_all,
-    read_png_values,
-    write_fold_lists,
+    dataset_folder,
+    file_fingerprint,
+    staged_mask,
     write_png,
 )
 from hdmnet_core.data.source import DataError, compute_class_areas
 from hdmnet_core.data.splits import COCO_CATEGORY_IDS
+from hdmnet_core.data.staging import (
+    ConvertResult,
+    FoldList,
+    ImageCopies,
+    begin_staging,
+    command_line,
+    commit_staging,
+    convert_and_index_split,
+    fold_lists,
+    images_record,
+    pairs_per_fold,
+    path_flag,
+    raise_all,
+    write_fold_lists,
+)
 
 NUM_CLASSES = 80
 SPLIT_FOLDERS = {"train": "train2014", "val": "val2014"}
@@ -182,16 +192,30 @@ def load_instances(path: Path) -> dict[str, Any]:
 class _Job:
     name: str
     image: str
+    image_copy: str
+    """Path below ``images/`` with ``--copy-images``."""
     height: int
     width: int
     objects: list[tuple[int, Any, bool, str]]
     crowd: CrowdMode
     output: str
-    reuse: bool
 
 
-def _convert(job: _Job) -> tuple[str, int, int, dict[int, int]]:
-    """Check the JPEG against the JSON size, write the mask -> (name, H, W, areas)."""
+def objects_digest(
+    objects: list[tuple[int, Any, bool, str]], crowd: CrowdMode, height: int, width: int
+) -> str:
+    """sha256 of what a mask is painted from: its objects in order (class, segmentation,
+    crowd flag), the crowd mode and the size. Equal digests give equal masks."""
+    painted = [
+        [class_id, segmentation, is_crowd] for class_id, segmentation, is_crowd, _ in objects
+    ]
+    text = json.dumps([painted, crowd, height, width], sort_keys=True, separators=(",", ":"))
+    return "coco:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _convert(job: _Job) -> ConvertResult:
+    """Check the JPEG against the JSON size, write the mask (or reuse a staged one painted
+    from the same objects) -> (name, H, W, areas, digest of the objects)."""
     height, width = check_jpeg(Path(job.image))
     if (height, width) != (job.height, job.width):
         raise DataError(
@@ -199,21 +223,18 @@ def _convert(job: _Job) -> tuple[str, int, int, dict[int, int]]:
             f"{job.height}x{job.width}"
         )
     output = Path(job.output)
-    if job.reuse and output.is_file():
-        mask = read_png_values(output)
-    else:
+    digest = objects_digest(job.objects, job.crowd, height, width)
+    mask = staged_mask(output, digest)
+    if mask is None:
         mask = paint_mask(height, width, job.objects, job.crowd)
-        write_png(output, mask)
-    return job.name, height, width, compute_class_areas(mask)
+        write_png(output, mask, digest)
+    return job.name, height, width, compute_class_areas(mask), {"sha256": digest}
 
 
-def _plan_split(
-    instances: dict[str, Any],
-    json_path: Path,
-    images_dir: Path,
-    problems: list[str],
-) -> list[tuple[str, Path, int, int, list[tuple[int, Any, bool, str]]]]:
-    """Images with >= 1 annotation, sorted by file name, with their objects in file order."""
+def _objects_by_image(
+    instances: dict[str, Any], json_path: Path, problems: list[str]
+) -> dict[int, list[tuple[int, Any, bool, str]]]:
+    """Image id -> its objects ``(class_id, segmentation, iscrowd, where)`` in file order."""
     objects: dict[int, list[tuple[int, Any, bool, str]]] = defaultdict(list)
     for ann in instances["annotations"]:
         where = f"{json_path} annotation {ann.get('id')}"
@@ -228,6 +249,17 @@ def _plan_split(
                 where,
             )
         )
+    return objects
+
+
+def _plan_split(
+    instances: dict[str, Any],
+    json_path: Path,
+    images_dir: Path,
+    problems: list[str],
+) -> list[tuple[str, Path, int, int, list[tuple[int, Any, bool, str]]]]:
+    """Images with >= 1 annotation, sorted by file name, with their objects in file order."""
+    objects = _objects_by_image(instances, json_path, problems)
     plan = []
     for record in sorted(instances["images"], key=lambda r: r["file_name"]):
         if not objects.get(record["id"]):
@@ -251,12 +283,15 @@ def prepare_coco(
     crowd: CrowdMode = "class",
     workers: int = 1,
     progress: bool = True,
+    copy_images: bool = False,
 ) -> dict[str, Any]:
-    """Build ``<root>/coco`` (see module docstring); returns the written marker."""
+    """Build the COCO tree of ``root`` (:func:`~.prepared.dataset_folder`; see the module
+    docstring); returns the written marker. ``copy_images`` hard-links (or copies) the
+    JPEGs into the tree so that it does not depend on the source folders."""
     if crowd not in ("class", "ignore"):
         raise ValueError(f"crowd={crowd!r}: use 'class' or 'ignore'")
     start = time.perf_counter()
-    folder = Path(root) / "coco"
+    folder = dataset_folder(root, "coco")
     folder.mkdir(parents=True, exist_ok=True)
     if download:
         for key in ("coco2014_annotations", "coco2014_train", "coco2014_val"):
@@ -267,34 +302,66 @@ def prepare_coco(
     annotations = _find_annotations(base, folder)
     problems: list[str] = []
     planned = {}
+    image_dirs = {}
     for split, folder_name in SPLIT_FOLDERS.items():
         json_path = annotations / f"instances_{folder_name}.json"
-        images_dir = _find_split_images(base, folder_name, folder)
-        planned[split] = _plan_split(load_instances(json_path), json_path, images_dir, problems)
+        image_dirs[split] = _find_split_images(base, folder_name, folder)
+        planned[split] = _plan_split(
+            load_instances(json_path), json_path, image_dirs[split], problems
+        )
     raise_all(problems, "COCO annotations point to missing or invalid entries")
 
     options = {"crowd": crowd, "coco": str(base.resolve())}
-    staging, reuse = begin_staging(folder, options)
+    staging = begin_staging(folder, options)
+    copies = ImageCopies() if copy_images else None
     indexes = {}
     for split, items in planned.items():
         mask_dir = f"masks/{SPLIT_FOLDERS[split]}"
         jobs = [
             _Job(
-                name, str(image), h, w, objs, crowd, str(staging / mask_dir / f"{name}.png"), reuse
+                name,
+                str(image),
+                f"{SPLIT_FOLDERS[split]}/{image.name}",
+                h,
+                w,
+                objs,
+                crowd,
+                str(staging / mask_dir / f"{name}.png"),
             )
             for name, image, h, w, objs in items
         ]
-        index = convert_and_index_split(
-            "coco", split, NUM_CLASSES, _convert, jobs, folder, staging, mask_dir, workers, progress
+        indexes[split] = convert_and_index_split(
+            "coco",
+            split,
+            NUM_CLASSES,
+            _convert,
+            jobs,
+            folder,
+            staging,
+            mask_dir,
+            workers,
+            progress,
+            copies,
         )
-        indexes[split] = index
     folds = {
         convention: fold_lists("coco", indexes, convention)
         for convention in ("interleaved", "contiguous")
     }
     for convention, lists in folds.items():
-        write_fold_lists(staging, lists, prefix=f"{convention}_")
+        write_fold_lists(staging, folder, lists, prefix=f"{convention}_")
     marker = _marker(indexes, options, folds, time.perf_counter() - start)
+    marker["sources"] = {
+        split: file_fingerprint(annotations / f"instances_{name}.json")
+        for split, name in SPLIT_FOLDERS.items()
+    }
+    flags = [
+        *path_flag("--coco", coco),
+        *(["--download"] if download else []),
+        *(["--crowd", crowd] if crowd != "class" else []),
+        *(["--copy-images"] if copy_images else []),
+    ]
+    marker["command"] = command_line("coco", folder.parent, flags)
+    marker["images"] = images_record(copies, list(image_dirs.values()))
     commit_staging(folder, marker)
     return marker
 
@@ -323,3 +390,41 @@ def _marker(
             "COCO-20i contiguous folds (PANet style)": pairs_per_fold(folds["contiguous"]),
         },
     }
+
+
+# ----------------------------------------------------------------------------- verify
+def deep_problems(source: PreparedSource, marker: dict[str, Any]) -> list[str]:
+    """Paint every mask of ``source`` again from the annotation file recorded in
+    ``marker`` and name each prepared mask that differs (``--verify --deep``); reads only."""
+    fingerprint = marker.get("sources", {}).get(source.split)
+    if fingerprint is None or not Path(fingerprint["path"]).is_file():
+        return []  # the prepared masks are all that is left; nothing to compare with
+    json_path = Path(fingerprint["path"])
+    crowd = marker.get("options", {}).get("crowd", "class")
+    problems: list[str] = []
+    instances = load_instances(json_path)
+    objects = _objects_by_image(instances, json_path, problems)
+    by_name = {Path(r["file_name"]).stem: r for r in instances["images"]}
+    for i, entry in enumerate(source.index.entries):
+        record = by_name.get(entry.name)
+        if record is None or not objects.get(record["id"]):
+            problems.append(f"{json_path}: no annotation of prepared image {entry.name} left")
+            continue
+        height, width = int(record["height"]), int(record["width"])
+        try:
+            expected = paint_mask(height, width, objects[record["id"]], crowd)
+            mask = source.load_mask(i)
+        except DataError as error:
+            problems.append(str(error))
+            continue
+        if expected.shape != mask.shape:
+            problems.append(
+                f"{source.mask_path(i)}: {mask.shape[0]}x{mask.shape[1]}, its annotations in "
+                f"{json_path} say {height}x{width} (changed after prepare)"
+            )
+        elif (differ := int((expected != mask).sum())) > 0:
+            problems.append(
+                f"{source.mask_path(i)}: {differ} pixel(s) differ from its annotations in "
+                f"{json_path} (changed after prepare)"
+            )
+    return problems

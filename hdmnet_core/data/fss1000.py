@@ -30,21 +30,29 @@ from typing import Any
 
 from hdmnet_core import __version__
 from hdmnet_core.data.download import extract_archive
-from hdmnet_core.data.prepare import (
+from hdmnet_core.data.prepared import (
     FORMAT_VERSION,
     IndexEntry,
     PreparedSource,
     SplitIndex,
-    begin_staging,
     check_jpeg,
-    commit_staging,
-    map_items,
-    raise_all,
+    dataset_folder,
     read_png_values,
     relative_path,
     write_split_index,
 )
 from hdmnet_core.data.source import DataError
+from hdmnet_core.data.staging import (
+    ImageCopies,
+    begin_staging,
+    command_line,
+    commit_staging,
+    images_record,
+    map_items,
+    path_flag,
+    place_image,
+    raise_all,
+)
 
 SPLITS: dict[str, str] = {"train": "trn", "val": "val", "test": "test"}
 """Our split name -> HSNet's split file name."""
@@ -127,12 +135,15 @@ def prepare_fss1000(
     fss: str | None = None,
     lists: dict[str, list[str]] | None = None,
     progress: bool = True,
+    copy_images: bool = False,
 ) -> dict[str, Any]:
-    """Index ``<root>/fss1000`` from the FSS-1000 folder or zip ``fss`` (default:
-    ``<root>/fss1000/downloads/FSS-1000.zip`` or ``raw/FSS-1000``). ``lists`` replaces
-    HSNet's class lists (tests). Returns the written marker."""
+    """Index the FSS-1000 tree of ``root`` (:func:`~.prepared.dataset_folder`) from the
+    FSS-1000 folder or zip ``fss`` (default: ``<root>/fss1000/downloads/FSS-1000.zip`` or
+    ``raw/FSS-1000``). ``lists`` replaces HSNet's class lists (tests). ``copy_images``
+    hard-links (or copies) the images *and* masks into ``images/`` and ``masks/``.
+    Returns the written marker."""
     start = time.perf_counter()
-    folder = Path(root) / "fss1000"
+    folder = dataset_folder(root, "fss1000")
     folder.mkdir(parents=True, exist_ok=True)
     lists = hsnet_class_lists() if lists is None else lists
     ids = class_ids(lists)
@@ -155,7 +166,8 @@ def prepare_fss1000(
                 planned[split].append((name, str(image), str(mask), ids[class_name]))
     raise_all(problems, "FSS-1000 class lists point to missing files")
 
-    staging, _ = begin_staging(folder, {"fss": str(base)})
+    staging = begin_staging(folder, {"fss": str(base)})
+    copies = ImageCopies() if copy_images else None
     indexes = {}
     for split, items in planned.items():
         index = SplitIndex("fss1000", split, "binary_png", NUM_CLASSES)
@@ -164,25 +176,26 @@ def prepare_fss1000(
             items, results, strict=True
         ):
             areas = {class_id: area} if area > 0 else {}
+            image_file = relative_path(Path(image_path), folder)
+            mask_file = relative_path(Path(mask_path), folder)
+            if copies is not None:
+                image_file, mask_file = f"images/{name}.jpg", f"masks/{name}.png"
+                copies.add(place_image(Path(image_path), staging / image_file))
+                place_image(Path(mask_path), staging / mask_file)
             index.entries.append(
-                IndexEntry(
-                    name,
-                    relative_path(Path(image_path), folder),
-                    relative_path(Path(mask_path), folder),
-                    height,
-                    width,
-                    areas,
-                    class_id,
-                )
+                IndexEntry(name, image_file, mask_file, height, width, areas, class_id)
             )
-        write_split_index(staging, index)
+        write_split_index(staging, folder, index)
         indexes[split] = index
+    flags = [*path_flag("--fss", fss), *(["--copy-images"] if copy_images else [])]
     marker = {
         "format": FORMAT_VERSION,
         "dataset": "fss1000",
         "package_version": __version__,
         "counts": {split: len(index.entries) for split, index in indexes.items()},
         "options": {"fss": str(base)},
+        "command": command_line("fss1000", folder.parent, flags),
+        "images": images_record(copies, [base]),
         "stats": {
             "classes per split": {split: len(lists[split]) for split in SPLITS},
             "images with an empty mask": sum(

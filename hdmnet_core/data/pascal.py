@@ -35,31 +35,41 @@ import numpy as np
 
 from hdmnet_core import __version__
 from hdmnet_core.data.download import ARCHIVES, extract_archive, fetch_archive
-from hdmnet_core.data.prepare import (
+from hdmnet_core.data.prepared import (
     FORMAT_VERSION,
-    FoldList,
     PreparedSource,
     SplitIndex,
-    begin_staging,
     check_class_values,
     check_jpeg,
-    commit_staging,
-    convert_and_index_split,
-    fold_lists,
-    pairs_per_fold,
-    raise_all,
+    dataset_folder,
+    file_sha256,
     read_png_values,
-    write_fold_lists,
+    staged_mask,
     write_png,
 )
 from hdmnet_core.data.source import DataError, compute_class_areas
+from hdmnet_core.data.staging import (
+    ConvertResult,
+    FoldList,
+    ImageCopies,
+    begin_staging,
+    command_line,
+    commit_staging,
+    convert_and_index_split,
+    fold_lists,
+    images_record,
+    pairs_per_fold,
+    path_flag,
+    raise_all,
+    write_fold_lists,
+)
 
 NUM_CLASSES = 20
 TrainSet = Literal["official", "trainaug"]
 
 
 class PascalSource(PreparedSource):
-    """``pascal/train`` or ``pascal/val`` of a prepared tree (see :mod:`.prepare`)."""
+    """``pascal/train`` or ``pascal/val`` of a prepared tree (see :mod:`.prepared`)."""
 
     def __init__(self, root: str | os.PathLike[str], split: str) -> None:
         if split not in ("train", "val"):
@@ -103,23 +113,44 @@ def read_voc_mask(path: Path) -> np.ndarray:
 
 
 def read_sbd_mask(path: Path) -> np.ndarray:
-    """An SBD ``cls/NAME.mat`` (``GTcls.Segmentation``) -> ``(H, W)`` uint8 class ids."""
+    """An SBD ``cls/NAME.mat`` (``GTcls.Segmentation``) -> ``(H, W)`` uint8 class ids.
+
+    Every way a ``.mat`` can be bad (missing, empty, truncated, garbled, another struct)
+    is a :class:`DataError` naming the file.
+    """
+    import zlib
+
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     if not path.is_file():
         raise DataError(f"{path}: SBD mask file is missing")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: SBD mask file is empty (0 bytes)")
     try:
         content = loadmat(str(path), squeeze_me=True, struct_as_record=False)
         segmentation = np.asarray(content["GTcls"].Segmentation)
     except (KeyError, AttributeError) as error:
         raise DataError(f"{path}: no GTcls.Segmentation field ({error!r})") from error
-    except (OSError, ValueError, TypeError, NotImplementedError) as error:
+    except (MatReadError, zlib.error) as error:
+        raise DataError(f"{path}: corrupt or truncated .mat file ({error})") from error
+    except (OSError, ValueError, TypeError, NotImplementedError, EOFError) as error:
         raise DataError(f"{path}: unreadable .mat file ({error})") from error
+    except (IndexError, UnicodeDecodeError, OverflowError, MemoryError) as error:
+        # What scipy's parser raises on garbled headers and sizes.
+        raise DataError(f"{path}: garbled .mat file ({type(error).__name__}: {error})") from error
+    if not np.issubdtype(segmentation.dtype, np.number):
+        raise DataError(f"{path}: GTcls.Segmentation is not numeric ({segmentation.dtype})")
     if segmentation.ndim != 2 or segmentation.min() < 0 or segmentation.max() > 255:
         raise DataError(f"{path}: GTcls.Segmentation is not a 2-D class-id array")
     mask = segmentation.astype(np.uint8)
     check_class_values(mask, NUM_CLASSES, path)
     return mask
+
+
+def read_source_mask(path: Path) -> np.ndarray:
+    """The class-id mask of a source annotation: SBD ``.mat`` or VOC palette ``.png``."""
+    return read_sbd_mask(path) if path.suffix == ".mat" else read_voc_mask(path)
 
 
 def _resolve_tree(
@@ -199,29 +230,38 @@ def build_lists(
 class _Job:
     name: str
     image: str
+    image_copy: str
+    """Path below ``images/`` with ``--copy-images``."""
     mask_source: str
-    mask_is_mat: bool
     output: str
-    reuse: bool
 
 
-def _convert(job: _Job) -> tuple[str, int, int, dict[int, int]]:
-    """Check the JPEG, convert the mask (or reuse a staged one) -> (name, H, W, areas)."""
+def _convert(job: _Job) -> ConvertResult:
+    """Check the JPEG, convert the mask (or reuse a staged one made from the same
+    source bytes) -> (name, H, W, areas, source fingerprint)."""
     height, width = check_jpeg(Path(job.image))
-    output = Path(job.output)
-    if job.reuse and output.is_file():
-        mask = read_png_values(output)
-    else:
-        source = Path(job.mask_source)
-        mask = read_sbd_mask(source) if job.mask_is_mat else read_voc_mask(source)
+    source, output = Path(job.mask_source), Path(job.output)
+    sha256 = file_sha256(source)
+    digest = f"pascal-{source.suffix.lstrip('.')}:{sha256}"
+    mask = staged_mask(output, digest)
+    reused = mask is not None
+    if mask is None:
+        mask = read_source_mask(source)
     if mask.shape != (height, width):
         raise DataError(
             f"{job.mask_source}: mask is {mask.shape[0]}x{mask.shape[1]} but image "
             f"{job.image} is {height}x{width}"
         )
-    if not (job.reuse and output.is_file()):
-        write_png(output, mask)
-    return job.name, height, width, compute_class_areas(mask)
+    if not reused:
+        write_png(output, mask, digest)
+    stat = source.stat()
+    fingerprint = {
+        "path": str(source.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": sha256,
+    }
+    return job.name, height, width, compute_class_areas(mask), fingerprint
 
 
 def prepare_pascal(
@@ -233,12 +273,15 @@ def prepare_pascal(
     train_set: TrainSet = "official",
     workers: int = 1,
     progress: bool = True,
+    copy_images: bool = False,
 ) -> dict[str, Any]:
-    """Build ``<root>/pascal`` (see module docstring); returns the written marker."""
+    """Build the PASCAL tree of ``root`` (:func:`~.prepared.dataset_folder`; see the module
+    docstring); returns the written marker. ``copy_images`` hard-links (or copies) the
+    JPEGs into the tree so that it does not depend on the source folders."""
     if train_set not in ("official", "trainaug"):
         raise ValueError(f"train_set={train_set!r}: use 'official' or 'trainaug'")
     start = time.perf_counter()
-    folder = Path(root) / "pascal"
+    folder = dataset_folder(root, "pascal")
     folder.mkdir(parents=True, exist_ok=True)
     voc_root = find_voc_root(_resolve_tree(voc, "voc2012", folder, download, progress))
     sbd_root = find_sbd_root(_resolve_tree(sbd, "sbd", folder, download, progress))
@@ -258,17 +301,18 @@ def prepare_pascal(
     }
     raise_all(problems, "PASCAL list entries point to missing files")
     options = {"train_set": train_set, "voc": str(voc_root), "sbd": str(sbd_root)}
-    staging, reuse = begin_staging(folder, options)
+    staging = begin_staging(folder, options)
     jobs = {
         split: [
-            _Job(name, str(image), str(mask), is_mat, str(staging / "masks" / f"{name}.png"), reuse)
-            for name, image, mask, is_mat in items
+            _Job(name, str(image), f"{name}.jpg", str(mask), str(staging / "masks" / f"{name}.png"))
+            for name, image, mask in items
         ]
         for split, items in planned.items()
     }
+    copies = ImageCopies() if copy_images else None
     indexes = {}
     for split, split_jobs in jobs.items():
-        index = convert_and_index_split(
+        indexes[split] = convert_and_index_split(
             "pascal",
             split,
             NUM_CLASSES,
@@ -279,11 +323,23 @@ def prepare_pascal(
             "masks",
             workers,
             progress,
+            copies,
         )
-        indexes[split] = index
     folds = fold_lists("pascal", indexes)
-    write_fold_lists(staging, folds, prefix="")
+    write_fold_lists(staging, folder, folds, prefix="")
+    flags = [
+        *path_flag("--voc", voc),
+        *path_flag("--sbd", sbd),
+        *path_flag("--sbd-list", sbd_list),
+        *(["--download"] if download else []),
+        *(["--train-set", train_set] if train_set != "official" else []),
+        *(["--copy-images"] if copy_images else []),
+    ]
     marker = _marker(indexes, lists, options, folds, time.perf_counter() - start)
+    marker["command"] = command_line("pascal", folder.parent, flags)
+    marker["images"] = images_record(
+        copies, sorted({Path(job.image).parent for js in jobs.values() for job in js})
+    )
     commit_staging(folder, marker)
     return marker
 
@@ -314,9 +370,10 @@ def _plan(
     voc_root: Path,
     sbd_root: Path,
     problems: list[str],
-) -> list[tuple[str, Path, Path, bool]]:
-    """``(name, image, mask source, mask is SBD .mat)`` per name; each missing input is
-    appended to ``problems`` (reported all at once, before anything is written)."""
+) -> list[tuple[str, Path, Path]]:
+    """``(name, image, mask source)`` per name (the source is a VOC ``.png`` or an SBD
+    ``.mat``); each missing input is appended to ``problems`` (reported all at once,
+    before anything is written)."""
     plan = []
     for name in names:
         image = voc_root / "JPEGImages" / f"{name}.jpg"
@@ -331,7 +388,7 @@ def _plan(
         for path, what in ((image, "image"), (mask, "mask")):
             if not path.is_file():
                 problems.append(f"{path}: {what} of list entry {name!r} is missing")
-        plan.append((name, image, mask, not from_voc))
+        plan.append((name, image, mask))
     return plan
 
 
@@ -358,3 +415,33 @@ def _marker(
         },
         "pairs": {"PASCAL-5i": pairs_per_fold(folds)},
     }
+
+
+# ----------------------------------------------------------------------------- verify
+def deep_problems(source: PreparedSource) -> list[str]:
+    """Convert every source annotation of ``source`` again and name each prepared mask
+    that differs from it (``prepare pascal --verify --deep``); reads only."""
+    problems = []
+    for i, entry in enumerate(source.index.entries):
+        if entry.source is None or "path" not in entry.source:
+            continue
+        annotation = Path(entry.source["path"])
+        if not annotation.is_file():
+            continue  # the prepared mask is all that is left; nothing to compare with
+        try:
+            expected = read_source_mask(annotation)
+            mask = source.load_mask(i)
+        except DataError as error:
+            problems.append(str(error))
+            continue
+        if expected.shape != mask.shape:
+            problems.append(
+                f"{source.mask_path(i)}: {mask.shape[0]}x{mask.shape[1]}, its source "
+                f"{annotation} is {expected.shape[0]}x{expected.shape[1]}"
+            )
+        elif (differ := int((expected != mask).sum())) > 0:
+            problems.append(
+                f"{source.mask_path(i)}: {differ} pixel(s) differ from its source annotation "
+                f"{annotation} (changed after prepare)"
+            )
+    return problems
