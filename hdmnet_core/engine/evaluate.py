@@ -31,7 +31,6 @@ import io
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -645,39 +644,57 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def checkpoint_path(template: str, fold: int | None, shots: int | None) -> str:
+    """``template`` with its ``{fold}`` / ``{shots}`` placeholders filled in."""
+    path = template
+    if fold is not None:
+        path = path.replace("{fold}", str(fold))
+    if shots is not None:
+        path = path.replace("{shots}", str(shots))
+    return path
+
+
 def load_for_evaluation(
-    path: str, shots: int, allow_untrained_shots: bool, log: Callable[[str], None] = print
+    path: str,
+    shots: int | None,
+    allow_untrained_shots: bool = False,
+    log: Callable[[str], None] = print,
 ) -> tuple[HDMNet, Config]:
-    """A trained model for ``shots`` shots and its training config, from a checkpoint.
+    """The trained model of a ``meta`` checkpoint for ``shots`` shots (None: the trained
+    count) and its training config (``data.shots`` set to the evaluated count).
 
     A checkpoint of another shot count is refused unless ``allow_untrained_shots``: then
     every weight is loaded into a model built for ``shots`` (seeded with the training
-    seed) except the K-shot weighting MLP, which keeps its initial weights."""
-    from hdmnet_core.engine.checkpoint import load_trained_model
+    seed) except the K-shot weighting MLP, which keeps its seeded initial weights, and a
+    warning is printed."""
+    from hdmnet_core.engine.checkpoint import CheckpointError, load_trained_model
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    model, config = load_trained_model(path, map_location="cpu")
-    if model.shots == shots:
+    try:
+        model, config = load_trained_model(path, map_location="cpu")
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from error
+    if shots is None or model.shots == shots:
         return model, config
     if not allow_untrained_shots:
         raise ConfigError(
             f"{path} was trained for {model.shots} shot(s), not {shots}; pass "
             "--allow-untrained-shots to evaluate it anyway"
         )
-    message = (f"warning: {path} was trained for {model.shots} shot(s); evaluating {shots}-shot "
-               "with the K-shot weighting MLP at its seeded initial weights")  # fmt: skip
-    log(message)
-    warnings.warn(message, stacklevel=2)
+    log(
+        f"warning: {path} was trained for {model.shots} shot(s); evaluating {shots}-shot with "
+        "the K-shot weighting MLP at its seeded initial weights (officially never trained)"
+    )
     config = config.with_overrides(**{"data.shots": shots})
     torch.manual_seed(config.train.seed)
     target = HDMNet(config.model, model.num_base_classes, shots)
-    own = target.state_dict()
-    loaded = {k: v for k, v in model.state_dict().items() if "shot_weighting" not in k}
-    missing = [k for k in own if k not in loaded and "shot_weighting" not in k]
-    if missing:
-        raise ConfigError(f"{path}: the checkpoint lacks {missing[:5]} for a {shots}-shot model")
-    target.load_state_dict({**own, **loaded})
+    state = target.state_dict()
+    trained = {k: v for k, v in model.state_dict().items() if "shot_weighting" not in k}
+    lacking = [k for k in state if k not in trained and "shot_weighting" not in k]
+    if lacking:
+        raise ConfigError(f"{path}: the checkpoint lacks {lacking[:5]} for a {shots}-shot model")
+    target.load_state_dict({**state, **trained})
     return target.eval(), config
 
 
@@ -685,36 +702,24 @@ def run_cli(args: argparse.Namespace) -> int:
     from hdmnet_core.engine.build import resolve_device
 
     device = resolve_device(args.device)
-    out_dir = Path(
-        args.out or Path("runs") / dt.datetime.now(dt.UTC).strftime("eval-%Y%m%d-%H%M%S")
-    )
+    stamp = dt.datetime.now(dt.UTC).strftime("eval-%Y%m%d-%H%M%S")
+    out_dir = Path(args.out) if args.out else Path("runs") / stamp
     overrides = parse_overrides(args.overrides)
-    for flag, key in ((args.seeds, "eval.seeds"), (args.episodes, "eval.episodes"),
-                      (args.data_root, "data.root")):  # fmt: skip
-        if flag is not None:
-            overrides[key] = flag
-    results: list[ProtocolResult] = []
+    for value, key in ((args.seeds, "eval.seeds"), (args.episodes, "eval.episodes"),
+                       (args.data_root, "data.root")):  # fmt: skip
+        if value is not None:
+            overrides[key] = value
+    if args.all_folds and "{fold}" not in args.ckpt:
+        raise ConfigError("--all-folds needs one checkpoint per fold: put {fold} in --ckpt")
     folds: list[int | None] = [0, 1, 2, 3] if args.all_folds else [args.fold]
+    results: list[ProtocolResult] = []
     for fold in folds:
         for shots in args.shots or [None]:
-            path = args.ckpt.format(fold="" if fold is None else fold,
-                                    shots="" if shots is None else shots)  # fmt: skip
-            model, trained = (
-                load_for_evaluation(
-                    path, shots if shots is not None else -1, args.allow_untrained_shots
-                )
-                if shots is not None
-                else _load_as_trained(path)
-            )
+            path = checkpoint_path(args.ckpt, fold, shots)
+            model, trained = load_for_evaluation(path, shots, args.allow_untrained_shots)
+            if fold is not None and trained.data.fold != fold:
+                raise ConfigError(f"{path} was trained on fold {trained.data.fold}, not {fold}")
             config = trained.with_overrides(**overrides)
-            if fold is not None and config.data.fold != fold:
-                if args.ckpt.format(fold=0, shots=0) == args.ckpt.format(fold=1, shots=0):
-                    raise ConfigError(
-                        f"{path} was trained on fold {config.data.fold}; for fold {fold} pass a "
-                        "checkpoint of that fold (use {fold} in --ckpt for --all-folds)"
-                    )
-                raise ConfigError(f"{path} was trained on fold {config.data.fold}, not {fold}")
-            config = config.with_overrides(**{"data.shots": model.shots})
             result = evaluate_protocol(
                 model,
                 config,
@@ -725,7 +730,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 cache=args.cache,
                 cache_dir=args.cache_dir or out_dir / "feature_cache",
             )
-            result.extra["checkpoint"] = str(path)
+            result.extra["checkpoint"] = path
+            result.extra["trained_shots"] = trained.data.shots
             name = f"fold{config.data.fold}_{config.data.shots}shot"
             result.to_json(out_dir / f"{name}.json")
             result.to_csv(out_dir / f"{name}.csv")
@@ -737,19 +743,10 @@ def run_cli(args: argparse.Namespace) -> int:
         print(table)
         atomic_write_json(out_dir / "summary.json", folds_summary(results))
         atomic_write_text(out_dir / "summary.md", table + "\n")
-        atomic_write_text(
-            out_dir / "summary.csv", rows_to_csv([row for r in results for row in r.csv_rows()])
-        )
-        print(f"saved {out_dir / 'summary.json'}, .md and .csv")
+        rows = [row for r in results for row in r.csv_rows()]
+        atomic_write_text(out_dir / "summary.csv", rows_to_csv(rows))
+        print(f"saved {out_dir / 'summary'}.json, .md and .csv")
     return 0
-
-
-def _load_as_trained(path: str) -> tuple[HDMNet, Config]:
-    from hdmnet_core.engine.checkpoint import load_trained_model
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return load_trained_model(path, map_location="cpu")
 
 
 __all__ = [
