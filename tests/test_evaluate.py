@@ -65,7 +65,7 @@ def seeded_model(config: Config, seed: int = 0) -> HDMNet:
 
 def test_protocol_seeds_are_the_official_legacy_numpy_draw() -> None:
     assert protocol_seeds() == [510, 365, 382, 322, 988, 98, 742, 17, 595, 106]
-    state = np.random.get_state()
+    state = np.random.get_state()  # noqa: NPY002
     try:
         np.random.seed(123)  # noqa: NPY002 - what the official test.py does
         legacy = np.random.randint(0, 1000, 4).tolist()  # noqa: NPY002
@@ -75,7 +75,7 @@ def test_protocol_seeds_are_the_official_legacy_numpy_draw() -> None:
         assert protocol_seeds(123, 4) == legacy
         assert np.random.random() == before  # noqa: NPY002 - global state left alone
     finally:
-        np.random.set_state(state)
+        np.random.set_state(state)  # noqa: NPY002
 
 
 def test_scores_at_original_size_ignore_the_255_padding() -> None:
