@@ -249,7 +249,15 @@ class EpisodeDataset(Dataset[dict[str, Any]]):
             )
         self.index = check_support_pools(index, shots, source.name, small_classes)
         if not self.index.images:
-            raise DataError(f"{source.name}: every class of {list(index.classes)} was skipped")
+            reasons = ", ".join(
+                f"class {c}: {len(index.class_images[c])} usable image(s)" for c in index.classes
+            )
+            raise DataError(
+                f"{source.name}: every class of {list(index.classes)} was skipped "
+                f"(small_classes='skip'): an episode needs {shots + 1} usable images of its "
+                f"class ({shots} support(s) besides the query, each with >= {min_class_area} "
+                f"pixels of it) and {reasons}; lower data.min_class_area or the shots"
+            )
         self.episodes = episodes if episodes is not None else len(self.index.images)
         self.base_label_map = dict(base_label_map) if base_label_map is not None else None
         self._base_lookup = label_lookup(self.base_label_map) if self.base_label_map else None
