@@ -174,6 +174,16 @@ def poly_scheduler(
     )
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's and Python's global generators (official
+    ``setup_seed(manual_seed)``)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - the global generator, for code that uses it
+    torch.manual_seed(seed)
+
+
 def micro_batch_seed(seed: int, step: int, micro_index: int) -> int:
     """Seed of the torch generator for one micro-batch (dropout), process-count free."""
     return int(np.random.SeedSequence([seed, step, micro_index]).generate_state(1)[0])
@@ -306,7 +316,7 @@ def train_step(
                 losses = job.loss(trained, batch, device)
             finite = all(bool(torch.isfinite(v.detach()).all()) for v in losses.values())
             if not all_true(finite, device):
-                named = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                named = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 kept = (
                     f"the last good checkpoint {last_path} is kept"
                     if last_path.exists()
@@ -522,6 +532,7 @@ def base_learner_job(config: Config, run_dir: Path, process: ProcessInfo) -> Sta
 
     d, t = config.data, config.train
     label_map = splits.base_learner_label_map(d.dataset, d.fold, d.coco_split)
+    seed_everything(t.seed)  # the initial weights depend on the seed only
     train_source, val_source = open_source(config, "train"), open_source(config, "val")
     train_data = BaseImageDataset(
         train_source,
@@ -661,6 +672,7 @@ def meta_learner_job(
     from hdmnet_core.data.episodes import build_episode_dataset, collate_episodes
 
     t = config.train
+    seed_everything(t.seed)  # the initial weights depend on the seed only
     model = build_meta_model(config)
     base = ckpt.load_pspnet(base_checkpoint)
     ckpt.load_model_state(model.pspnet, base.state_dict(), str(base_checkpoint))
