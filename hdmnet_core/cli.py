@@ -38,7 +38,8 @@ COMMANDS: dict[str, Command] = {
         "train the base learner (stage 1) or the meta learner (stage 2)",
     ),
     "evaluate": Command(
-        "hdmnet_core.engine.evaluate", "score a checkpoint with the official few-shot protocol"
+        "hdmnet_core.engine.evaluate",
+        "evaluate a meta-trained checkpoint with the official multi-seed protocol",
     ),
     "make-synthetic": Command(
         "hdmnet_core.data.synthetic", "generate the synthetic few-shot benchmark"

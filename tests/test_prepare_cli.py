@@ -148,3 +148,97 @@ def test_prepare_pascal_download_fetches_verifies_and_extracts(
     assert main(["prepare", "pascal", "--root", str(root), "--download", "--quiet"]) == 2
     assert "benchmark.tgz.part: md5" in capsys.readouterr().err
     assert (root / "pascal" / "prepared.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["prepare", "pascal", "--crowd", "ignore"], "unrecognized arguments: --crowd"),
+        (["prepare", "pascal", "--coco", "x"], "unrecognized arguments: --coco"),
+        (["prepare", "coco", "--train-set", "trainaug"], "unrecognized arguments: --train-set"),
+        (["prepare", "fss1000", "--download"], "unrecognized arguments: --download"),
+        (["prepare", "fss1000", "--workers", "2"], "unrecognized arguments: --workers"),
+        (["prepare", "pascal", "--verify", "--download"], "--download: not with --verify"),
+        (["prepare", "coco", "--verify", "--workers", "4"], "--workers: not with --verify"),
+        (["prepare", "pascal", "--deep"], "--deep: only with --verify"),
+        (["prepare", "coco", "--workers", "0"], "--workers 0: must be at least 1"),
+    ],
+)
+def test_a_flag_that_does_not_apply_is_an_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "coco", "fss1000"])
+def test_each_dataset_help_shows_only_its_flags(
+    dataset: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["prepare", dataset, "--help"])
+    out = capsys.readouterr().out
+    own = {"pascal": "--voc", "coco": "--crowd", "fss1000": "--fss"}
+    assert out.startswith(f"usage: python -m hdmnet_core prepare {dataset} ")
+    for name, flag in own.items():
+        assert (flag in out) == (name == dataset)
+    assert ("--download" in out) == (dataset != "fss1000")
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "coco", "fss1000"])
+def test_data_scripts_show_their_own_usage(dataset: str, tmp_path: Path) -> None:
+    script = f"data_scripts/prepare_{dataset}.py"
+    result = subprocess.run(
+        [sys.executable, script, "--help"], cwd=PROJECT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: python {script} [-h] [--root ROOT]")
+    verify = subprocess.run(
+        [sys.executable, script, "--root", str(tmp_path), "--verify"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 1 and "prepared.json missing" in verify.stdout
+
+
+def test_the_verify_hint_is_the_command_that_made_the_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = make_coco(tmp_path)
+    root = tmp_path / "data"
+    argv = ["prepare", "coco", "--root", str(root), "--coco", str(base), "--crowd", "ignore"]
+    assert main([*argv, "--quiet"]) == 0
+    capsys.readouterr()
+    (root / "coco" / "masks" / "val2014" / "COCO_val2014_000000000007.png").unlink()
+    assert main(["prepare", "coco", "--root", str(root), "--verify"]) == 1
+    out = capsys.readouterr().out
+    recorded = f"python -m hdmnet_core prepare coco --root {root} --coco {base} --crowd ignore"
+    assert f"to rebuild it with the options it was made with, run: {recorded}" in out
+    assert "--download" not in out
+
+
+def test_coco_verify_names_changed_annotations_and_deep_names_the_masks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    base = make_coco(tmp_path)
+    root = tmp_path / "data"
+    assert main(["prepare", "coco", "--root", str(root), "--coco", str(base), "--quiet"]) == 0
+    assert main(["prepare", "coco", "--root", str(root), "--verify", "--deep"]) == 0
+    capsys.readouterr()
+    annotations = base / "annotations" / "instances_train2014.json"
+    content = json.loads(annotations.read_text())
+    content["annotations"] = [a for a in content["annotations"] if a["category_id"] != 3]
+    annotations.write_text(json.dumps(content))  # the car of image 1 is removed
+    assert main(["prepare", "coco", "--root", str(root), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"{annotations}: annotation file changed since prepare" in out
+    assert main(["prepare", "coco", "--root", str(root), "--verify", "--deep"]) == 1
+    out = capsys.readouterr().out
+    assert "COCO_train2014_000000000001.png: " in out and "pixel(s) differ" in out
+    assert "COCO_train2014_000000000002.png" not in out
