@@ -140,3 +140,104 @@ def show_images_with_masks(
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def upsample_map(values: Any, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) map bilinearly resized to ``size`` (H, W) for drawing over an image."""
+    tensor = torch.as_tensor(
+        np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values),
+        dtype=torch.float32,
+    )
+    if tensor.ndim != 2:
+        raise ValueError(f"expected a (h, w) map, got shape {tuple(tensor.shape)}")
+    resized = torch.nn.functional.interpolate(
+        tensor[None, None], size=size, mode="bilinear", align_corners=False
+    )
+    return resized[0, 0].numpy()
+
+
+def show_heatmaps(
+    maps: Sequence[Any],
+    titles: Sequence[str],
+    images: Sequence[Any | None] | None = None,
+    size: float = 1.9,
+    cmap: str = "magma",
+    alpha: float = 0.65,
+    shared_scale: bool = False,
+    colorbar: bool = True,
+    columns: int | None = None,
+) -> Figure:
+    """(h, w) maps in rows of ``columns`` (default: one row), each drawn over its image
+    when ``images`` gives one.
+
+    Maps are resized to their image (bilinear); ``shared_scale`` uses one colour range
+    for the row, else each panel has its own (its colour bar says which).
+    """
+    count = len(maps)
+    if len(titles) != count or (images is not None and len(images) != count):
+        raise ValueError("show_heatmaps: maps, titles and images must have the same length")
+    arrays = [
+        np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float64)
+        for m in maps
+    ]
+    low = min(float(a.min()) for a in arrays) if shared_scale else None
+    high = max(float(a.max()) for a in arrays) if shared_scale else None
+    columns = columns or count
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(size * columns, size * 1.05 * rows), squeeze=False
+    )
+    for ax in axes.ravel()[count:]:
+        ax.axis("off")
+    for i, (values, title) in enumerate(zip(arrays, titles, strict=True)):
+        ax = axes[i // columns, i % columns]
+        image = None if images is None else images[i]
+        if image is not None:
+            picture = to_uint8_image(image)
+            ax.imshow(picture, interpolation="nearest")
+            values = upsample_map(values, picture.shape[:2])
+        drawn = ax.imshow(
+            values,
+            cmap=cmap,
+            alpha=alpha if image is not None else 1.0,
+            vmin=low,
+            vmax=high,
+            interpolation="nearest",
+        )
+        if colorbar:
+            fig.colorbar(drawn, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def feature_pca_rgb(feature_maps: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """(C, h, w) maps -> (h, w, 3) pictures of their first three principal components.
+
+    One basis for all maps (fitted on their tokens together), so equal colours mean
+    similar features across the maps; each component scaled to 0..1 over all maps.
+    """
+    if not feature_maps:
+        raise ValueError("feature_pca_rgb: no feature maps")
+    channels = {int(m.shape[0]) for m in feature_maps}
+    if len(channels) != 1:
+        raise ValueError(f"feature_pca_rgb: maps have different channel counts {sorted(channels)}")
+    tokens = torch.cat([m.detach().float().cpu().flatten(1).T for m in feature_maps])  # (N, C)
+    centred = tokens - tokens.mean(dim=0)
+    _, _, basis = torch.linalg.svd(centred, full_matrices=False)  # rows: principal axes
+    count = min(3, basis.shape[0])
+    axes = basis[:count]
+    # a deterministic sign per axis: its largest-magnitude entry is positive
+    axes = axes * torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))
+    projected = centred @ axes.T  # (N, count)
+    if count < 3:
+        projected = torch.cat([projected, projected.new_zeros(len(projected), 3 - count)], dim=1)
+    low, high = projected.amin(dim=0), projected.amax(dim=0)
+    scaled = (projected - low) / (high - low).clamp_min(1e-12)
+    pictures, start = [], 0
+    for m in feature_maps:
+        h, w = m.shape[-2:]
+        pictures.append(scaled[start : start + h * w].reshape(h, w, 3).numpy())
+        start += h * w
+    return pictures

@@ -217,3 +217,56 @@ class EpisodeBrowser:
 def episode_browser(config: Config, source: SegmentationSource, split: str = "val") -> Any:
     """The episode browser (displays as its widget; see :class:`EpisodeBrowser`)."""
     return EpisodeBrowser(config, source, split)
+
+
+class LiveFigure:
+    """Controls and a figure that ``draw(**values)`` recomputes on every change.
+
+    ``LiveFigure(draw, temperature=FloatSlider(...), ...)``: each keyword is a widget
+    whose ``value`` is passed to ``draw`` under that name; ``draw`` returns a matplotlib
+    figure, shown as a PNG of an ``ipywidgets.Image`` at its own pixel size (as in
+    :class:`EpisodeBrowser`). ``result`` is what ``draw`` attached to the figure as
+    ``figure.result`` (e.g. the numbers it plotted), ``None`` otherwise; ``draws``
+    counts the redraws. Displayed, it also offers a static PNG for viewers without widgets.
+    """
+
+    def __init__(self, draw: Any, dpi: int = BROWSER_DPI, **controls: Any) -> None:
+        import ipywidgets as widgets
+
+        if not controls:
+            raise ValueError("LiveFigure needs at least one control")
+        self.draw, self.dpi, self.controls = draw, dpi, controls
+        self.image = widgets.Image(format="png")
+        self.result: Any = None
+        self.draws = 0
+        for control in controls.values():
+            control.observe(lambda _change: self.redraw(), names="value")
+        self.widget = widgets.VBox([widgets.HBox(list(controls.values())), self.image])
+        self.redraw()
+
+    def values(self) -> dict[str, Any]:
+        return {name: control.value for name, control in self.controls.items()}
+
+    def redraw(self) -> None:
+        figure = self.draw(**self.values())
+        self.result = getattr(figure, "result", None)
+        self.image.value = figure_png(figure, self.dpi)
+        width, height = png_size(bytes(self.image.value))
+        self.image.width, self.image.height = str(width), str(height)
+        self.image.layout.width, self.image.layout.height = f"{width}px", f"{height}px"
+        self.image.layout.max_width = "none"
+        self.draws += 1
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        import base64
+
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
+        shown = ", ".join(f"{name}={value}" for name, value in self.values().items())
+        bundle["text/plain"] = (
+            f"Interactive figure (static preview at {shown}: run the notebook in Jupyter "
+            "to move the controls)"
+        )
+        return dict(bundle)

@@ -168,3 +168,34 @@ def test_episode_browser_says_when_a_class_has_too_few_supports(tiny_config):
     assert "cannot draw 5 support(s)" in browser.message.value
     browser.shots.value = 1
     assert browser.current is not None and browser.message.value.startswith("episode ")
+
+
+def test_live_figure_recomputes_on_every_change():
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from hdmnet_core.widgets import LiveFigure
+
+    def draw(scale, label):
+        figure, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [0, scale])
+        ax.set_title(label)
+        figure.result = {"scale": scale, "label": label}
+        return figure
+
+    live = LiveFigure(
+        draw, scale=widgets.FloatSlider(value=1.0, min=0, max=2), label=widgets.Text("a")
+    )
+    first = bytes(live.image.value)
+    assert live.draws == 1 and live.result == {"scale": 1.0, "label": "a"}
+    assert png_size(first) == (160, 160) and live.image.layout.width == "160px"
+    live.controls["scale"].value = 2.0
+    assert live.draws == 2 and live.result["scale"] == 2.0
+    assert bytes(live.image.value) != first
+    live.controls["label"].value = "b"
+    assert live.result["label"] == "b"
+    bundle = live._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "image/png" in bundle
+    assert "scale=2.0" in bundle["text/plain"]
+    with pytest.raises(ValueError, match="at least one control"):
+        LiveFigure(draw)

@@ -111,13 +111,23 @@ class BaseLearnerEnsemble(nn.Module):
             raise ValueError(f"expected {self.shots} shots, got {differences.shape[1]}")
         if self.shot_weighting is None:
             return differences[:, 0]
+        return (self.shot_weights(differences) * differences).sum(dim=1)
+
+    def shot_weights(self, differences: torch.Tensor) -> torch.Tensor:
+        """(B, K) per-shot differences -> (B, K) weights of the shots (softmax, sum 1).
+
+        K = 1: all weight on the one shot. ``"official"``: the weight computed for the
+        i-th smallest difference goes to shot i; ``"fixed"``: to the shot of that rank.
+        """
+        if self.shot_weighting is None:
+            return torch.ones_like(differences)
         sorted_values, order = differences.sort(dim=1)  # ascending
         weights = self.shot_weighting(sorted_values[:, :, None, None])[:, :, 0, 0]  # (B, K)
         if self.kshot_weighting == "fixed":
             rank = order.argsort(dim=1)  # rank[b, i] = position of shot i in sorted order
             weights = weights.gather(1, rank)
         # "official": weights stay in sorted order (the official gather is the identity).
-        return (weights.softmax(dim=1) * differences).sum(dim=1)
+        return weights.softmax(dim=1)
 
     def forward(
         self,
