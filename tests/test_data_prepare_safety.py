@@ -26,7 +26,7 @@ CORRECTED = rect_mask(S, S, [(11, 0, 40, 0, 60)])
 
 
 def _prepare(tmp_path: Path, voc: Path, sbd: Path, **options: object) -> dict[str, object]:
-    return prepare_pascal(tmp_path / "data", voc=str(voc), sbd=str(sbd), progress=False, **options)  # type: ignore[arg-type]
+    return prepare_pascal(tmp_path / "data", voc=str(voc), sbd=str(sbd), progress=False, **options)
 
 
 def _interrupt_after(monkeypatch: pytest.MonkeyPatch, writes: int) -> None:

@@ -12,6 +12,10 @@ episode sampler reads, whatever the dataset:
 
 FSS-1000 evaluation uses HSNet's *test* classes; pass ``split="fss-val"`` to get
 HSNet's validation classes instead.
+
+``data.root = "hf:<folder>"`` reads a folder written by ``export-hf`` (a Hugging Face
+``save_to_disk`` copy of the prepared splits, :mod:`hdmnet_core.data.hf`) instead of a
+prepared tree: same splits, same episodes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ def open_source(config: Config, split: SplitName) -> SegmentationSource:
         raise ValueError(f"split={split!r}: use 'train' or 'val'")
     if split == "fss-val" and data.dataset != "fss1000":
         raise ValueError("split='fss-val' exists for FSS-1000 only")
+    fss_split = {"train": "train", "val": "test", "fss-val": "val"}[split]
+    if data.root.startswith("hf:"):
+        from hdmnet_core.data.hf import HFSource, hf_folder
+
+        folder = hf_folder(data.root)
+        assert folder is not None
+        return HFSource(folder, fss_split if data.dataset == "fss1000" else split, data.dataset)
     if data.dataset == "synthetic":
         from hdmnet_core.data.synthetic import SyntheticSource, ensure_synthetic
 
@@ -46,5 +57,4 @@ def open_source(config: Config, split: SplitName) -> SegmentationSource:
         return CocoSource(data.root, split)
     from hdmnet_core.data.fss1000 import Fss1000Source
 
-    fss_split = {"train": "train", "val": "test", "fss-val": "val"}[split]
     return Fss1000Source(data.root, fss_split)
