@@ -43,7 +43,17 @@ def progress_wanted(requested: bool | None) -> bool:
         return requested
     if os.environ.get("CI"):
         return False
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    return sys.stderr.isatty() or in_notebook()
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where tqdm.auto draws a widget)."""
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
 
 class TrainingLog:

@@ -1,5 +1,10 @@
 """The main job: execute the ordered notebooks headlessly with papermill and tabulate results.
 
+With ``--folds`` / ``--shots`` the same command runs the headless chain instead
+(:mod:`hdmnet_core.engine.pipeline`: base training, meta training and evaluation per fold
+and shot count, skipping finished stages and resuming interrupted ones), the code the
+training and evaluation notebooks call for their fold.
+
 ``python -m hdmnet_core reproduce --profile cpu-tiny`` (what ``make reproduce`` runs)
 executes every notebook of :data:`NOTEBOOKS` in order into ``runs/<UTC timestamp>/``
 with the papermill parameters ``profile``, ``data_root``, ``output_dir`` and
@@ -237,10 +242,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="config override",
     )
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    chain = parser.add_argument_group(
+        "headless chain (instead of the notebooks): base -> meta -> evaluation per fold and shots"
+    )
+    chain.add_argument("--folds", type=int, nargs="+", default=None, metavar="F")
+    chain.add_argument("--shots", type=int, nargs="+", default=None, metavar="K")
+    chain.add_argument(
+        "--protocol",
+        nargs="+",
+        choices=["official", "fair"],
+        default=["official"],
+        help="official = BAM/HDMNet (novel-class images filtered, selection on the novel "
+        "classes); fair = images kept, selection on base classes; both for a side-by-side table",
+    )
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.folds is not None or args.shots is not None:
+        return _main_chain(args)
     run_dir = run_notebooks(
         profile=args.profile,
         data_root=args.data_root,
@@ -252,4 +272,19 @@ def _main(args: argparse.Namespace) -> int:
     )
     print(f"[reproduce] executed notebooks and results in {run_dir}")
     print((run_dir / "results.md").read_text())
+    return 0
+
+
+def _main_chain(args: argparse.Namespace) -> int:
+    from hdmnet_core.engine.pipeline import reproduce_chain
+
+    overrides = parse_overrides(args.overrides)
+    overrides["data.root"] = args.data_root
+    config = Config.from_profile(args.profile, **overrides)
+    folds = args.folds if args.folds is not None else [config.data.fold]
+    shots = args.shots if args.shots is not None else [config.data.shots]
+    out_dir = Path(args.out) / (args.run_name or f"chain-{args.profile}")
+    chain = reproduce_chain(config, out_dir, folds, shots, args.protocol)
+    print(chain.table())
+    print(f"[reproduce] results in {out_dir / 'results.md'} and results.json")
     return 0
