@@ -60,3 +60,21 @@ def test_official_stand_ins_provide_what_the_official_code_imports() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_evaluation_speed_benchmark_runs_and_cached_counts_match(tmp_path: Path) -> None:
+    out = tmp_path / "evaluation_speed.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "evaluation_speed.py")]
+    command += ["--backbone", "tiny", "--size", "48", "--width", "16", "--shots", "1", "2"]
+    command += ["--episodes", "2", "--seeds", "2", "--protocol-episodes", "10"]
+    command += ["--threads", "1", "--data-root", str(tmp_path / "data"), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "protocol x" in result.stdout and "PASCAL h" in result.stdout
+    rows = json.loads(out.read_text())["results"]
+    assert [r["shots"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["same_counts"]  # cached = uncached intersection/union sums
+        assert row["uncached_s"] > 0 and row["cached_s"] > 0 and row["build_s_per_image"] > 0
+        assert row["protocol"]["query_images"] > 0 and row["protocol"]["support_pairs"] > 0
+        assert {"pascal", "coco"} == row["projected"].keys()

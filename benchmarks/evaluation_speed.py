@@ -1,0 +1,281 @@
+"""Evaluation speed with and without the feature cache, and the projected protocol times.
+
+Setting: the synthetic benchmark rendered at ``--size`` (473 x 473 by default, the PASCAL
+evaluation size), HDMNet with the ``--backbone`` (ResNet-50 by default), random weights
+(speed does not depend on their values), ``inference_copy`` (the evaluation default),
+batch 1, ``--threads`` CPU threads. For each shot count, in the same run:
+
+1. the feature cache for the timed episodes is built; its time per image (query image
+   or support pair) is ``build_s_per_image``;
+2. the same episodes are evaluated uncached and cached, interleaved episode by episode
+   (so that load from other processes on a shared machine hits both alike); both give
+   the same intersection and union sums, which is checked;
+3. the 10-seed protocol: uncached it costs ``seeds x episodes x uncached``; cached it
+   costs ``images x build + seeds x episodes x cached``, where ``images`` is counted by
+   planning the protocol's episodes on the synthetic val set (``--protocol-episodes``
+   per seed; no features computed). The speed-up is their ratio.
+
+Projected wall times of the full protocols on this machine (what ``python -m hdmnet_core
+evaluate`` would take), from the measured per-episode and per-image times: PASCAL-5i
+4 folds x 1,000 episodes x 10 seeds at 473, COCO-20i 4 folds x 10,000 episodes x 10 seeds
+at 633. The cached projection counts every query image and support pair a fold can use at
+most once (PASCAL: at most the 1,449 VOC2012 val images as queries and, conservatively,
+as many support pairs; COCO: the first 10,000 list images as queries and at most the
+40,137 val images as support pairs), so it overestimates the build. COCO times are scaled
+from ``--size`` by the pixel count (633^2 / size^2) unless ``--size 633`` is measured, and
+its cache size says whether it fits the default budget (16 GB; else evaluate falls back to
+the uncached path).
+
+    .venv/bin/python benchmarks/evaluation_speed.py                  # ResNet-50, 473, 1/5-shot
+    .venv/bin/python benchmarks/evaluation_speed.py --backbone tiny --size 96 --width 32
+
+Prints a table and writes ``benchmarks/results/evaluation_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hdmnet_core.atomic import atomic_write_json  # noqa: E402
+from hdmnet_core.config import Config  # noqa: E402
+from hdmnet_core.data.datasets import open_source  # noqa: E402
+from hdmnet_core.data.episodes import (  # noqa: E402
+    EpisodeDataset,
+    build_episode_dataset,
+    collate_episodes,
+)
+from hdmnet_core.data.synthetic import scaled_min_area  # noqa: E402
+from hdmnet_core.engine.evaluate import (  # noqa: E402
+    CachedEpisodes,
+    cached_forward,
+    collate_cached,
+    evaluation_model,
+    protocol_seeds,
+    score_batch,
+)
+from hdmnet_core.engine.feature_cache import (  # noqa: E402
+    GB,
+    FeatureCache,
+    build_feature_cache,
+    plan_feature_cache,
+)
+from hdmnet_core.metrics import BaseLearnerMeter, SegmentationMeter  # noqa: E402
+from hdmnet_core.model.hdmnet import HDMNet  # noqa: E402
+
+CPU = torch.device("cpu")
+PASCAL = {"folds": 4, "episodes": 1000, "seeds": 10, "size": 473, "val_images": 1449}
+COCO = {"folds": 4, "episodes": 10000, "seeds": 10, "size": 633, "val_images": 40137}
+
+
+def benchmark_config(args: argparse.Namespace, shots: int, root: Path) -> Config:
+    return Config.from_profile(
+        "pascal-r50",
+        **{
+            "data.dataset": "synthetic",
+            "data.root": str(root),
+            "data.shots": shots,
+            "data.synthetic_images_train": 20,
+            "data.synthetic_images_val": args.synthetic_images,
+            "data.synthetic_image_size": args.size,
+            "data.eval_size": args.size,
+            "data.min_class_area": scaled_min_area(args.size),
+            "model.backbone": args.backbone,
+            "model.width": args.width,
+            "eval.episodes": args.episodes,
+        },
+    )
+
+
+def timed_episodes(
+    runner: HDMNet, dataset: EpisodeDataset, cache: FeatureCache, count: int
+) -> tuple[list[float], list[float], bool]:
+    """Per-episode seconds uncached and cached (interleaved) and whether the counts agree."""
+    classes = list(dataset.index.classes)
+    meters = [
+        (
+            SegmentationMeter(classes),
+            SegmentationMeter(classes),
+            BaseLearnerMeter(runner.num_base_classes + 1),
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    cached_items = CachedEpisodes(dataset, list(range(count)))
+    uncached_s, cached_s = [], []
+    with torch.no_grad():
+        for i in range(count):
+            batch = collate_episodes([dataset[i]])  # loading is not timed (workers do it)
+            start = time.perf_counter()
+            out = runner(batch["query_image"], batch["support_images"], batch["support_masks"])
+            uncached_s.append(time.perf_counter() - start)
+            score_batch(out, batch, *meters[0])
+            light = collate_cached([cached_items[i]])
+            start = time.perf_counter()
+            out = cached_forward(runner, cache, light, CPU)
+            cached_s.append(time.perf_counter() - start)
+            score_batch(out, light, *meters[1])
+    same = all(
+        torch.equal(a.state_tensor(), b.state_tensor())
+        for a, b in zip(meters[0], meters[1], strict=True)
+    )
+    return uncached_s, cached_s, same
+
+
+def protocol_images(
+    runner: HDMNet, config: Config, seeds: int, episodes: int
+) -> tuple[int, int, float]:
+    """Query images and support pairs of a ``seeds`` x ``episodes`` protocol (planned on
+    the synthetic val set) and the cache size in GB."""
+    small = config.with_overrides(**{"eval.episodes": episodes})
+    source = open_source(small, "val")
+    datasets = [
+        build_episode_dataset(small, "val", source, seed=s) for s in protocol_seeds(123, seeds)
+    ]
+    plan = plan_feature_cache(runner, datasets, device=CPU)
+    return len(plan.queries), len(plan.supports), plan.nbytes / GB
+
+
+def projection(
+    protocol: dict[str, int],
+    shots: int,
+    uncached: float,
+    cached: float,
+    build: float,
+    scale: float,
+    bytes_per_image: float,
+) -> dict[str, Any]:
+    """Projected wall time (hours) of a full protocol, uncached and cached."""
+    runs = protocol["folds"] * protocol["seeds"] * protocol["episodes"]
+    queries = min(protocol["episodes"], protocol["val_images"])
+    pairs = min(protocol["seeds"] * protocol["episodes"] * shots, protocol["val_images"])
+    images = protocol["folds"] * (queries + pairs)
+    cache_gb = (queries + pairs) * bytes_per_image * scale / GB
+    return {
+        "episodes_total": runs,
+        "uncached_hours": runs * uncached * scale / 3600,
+        "cached_hours": (images * build + runs * cached) * scale / 3600,
+        "cache_images_per_fold_at_most": queries + pairs,
+        "cache_gb_per_fold_at_most": cache_gb,
+        "fits_default_budget": cache_gb <= Config().eval.cache_budget_gb,
+        "time_scale_from_measured_size": scale,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--size", type=int, default=473)
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--episodes", type=int, default=3, help="timed episodes per shot count")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds of the projected protocol")
+    parser.add_argument("--protocol-episodes", type=int, default=1000)
+    parser.add_argument("--synthetic-images", type=int, default=120)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-root", default=None, help="default: a temporary folder")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/evaluation_speed.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.data_root) if args.data_root else Path(scratch) / "data"
+        rows = [measure(args, shots, root, Path(scratch)) for shots in args.shots]
+
+    print(f"\nEvaluation speed, {args.backbone} at {args.size} x {args.size}, "
+          f"{args.threads} thread(s), batch 1, inference_copy, median of {args.episodes}")  # fmt: skip
+    print("| shots | uncached ep/s | cached ep/s | x per episode | build s/image | "
+          f"{args.seeds}-seed protocol x | PASCAL h (uncached / cached) | "
+          "COCO h (uncached / cached) | COCO cache fits |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        p, c = r["projected"]["pascal"], r["projected"]["coco"]
+        print(
+            f"| {r['shots']} | {1 / r['uncached_s']:.3f} | {1 / r['cached_s']:.3f} | "
+            f"{r['uncached_s'] / r['cached_s']:.1f} | {r['build_s_per_image']:.2f} | "
+            f"{r['protocol_speedup']:.1f} | {p['uncached_hours']:.1f} / {p['cached_hours']:.1f} | "
+            f"{c['uncached_hours']:.1f} / {c['cached_hours']:.1f} | "
+            f"{'yes' if c['fits_default_budget'] else 'no'} ({c['cache_gb_per_fold_at_most']:.0f} GB) |"
+        )
+    payload = {
+        "setting": vars(args),
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },  # fmt: skip
+        "results": rows,
+    }
+    atomic_write_json(args.out, payload)
+    print(f"wrote {args.out}")
+    if not all(r["same_counts"] for r in rows):
+        print("error: cached and uncached intersection/union sums differ", file=sys.stderr)
+        return 1
+    return 0
+
+
+def measure(args: argparse.Namespace, shots: int, root: Path, scratch: Path) -> dict[str, Any]:
+    config = benchmark_config(args, shots, root)
+    source = open_source(config, "val")
+    dataset = build_episode_dataset(config, "val", source, seed=protocol_seeds()[0])
+    torch.manual_seed(0)
+    model = HDMNet(config.model, 15, shots).eval()
+    runner = evaluation_model(model, CPU)
+    with torch.no_grad():  # warm-up: oneDNN primitives, allocator
+        batch = collate_episodes([dataset[0]])
+        runner(batch["query_image"], batch["support_images"], batch["support_masks"])
+    start = time.perf_counter()
+    cache = build_feature_cache(runner, [dataset], device=CPU, folder=scratch / "cache")
+    build_seconds = time.perf_counter() - start
+    assert cache is not None, "the benchmark's small cache must fit"
+    images = len(cache.plan.queries) + len(cache.plan.supports)
+    bytes_per_image = cache.nbytes / images
+    uncached, cached, same = timed_episodes(runner, dataset, cache, args.episodes)
+    cache.close()
+    t_u, t_c = statistics.median(uncached), statistics.median(cached)
+    build = build_seconds / images
+    queries, pairs, protocol_gb = protocol_images(
+        runner, config, args.seeds, args.protocol_episodes
+    )
+    runs = args.seeds * args.protocol_episodes
+    speedup = runs * t_u / ((queries + pairs) * build + runs * t_c)
+    coco_scale = (COCO["size"] / args.size) ** 2
+    print(f"{shots}-shot: uncached {t_u:.3f} s, cached {t_c:.3f} s per episode, build "
+          f"{build:.3f} s per image; protocol x{speedup:.1f}; counts equal: {same}")  # fmt: skip
+    return {
+        "shots": shots,
+        "uncached_s": t_u,
+        "cached_s": t_c,
+        "uncached_all_s": uncached,
+        "cached_all_s": cached,
+        "build_s_per_image": build,
+        "same_counts": same,
+        "protocol": {
+            "seeds": args.seeds,
+            "episodes": args.protocol_episodes,
+            "query_images": queries,
+            "support_pairs": pairs,
+            "cache_gb": protocol_gb,
+        },  # fmt: skip
+        "protocol_speedup": speedup,
+        "projected": {
+            "pascal": projection(
+                PASCAL, shots, t_u, t_c, build, (PASCAL["size"] / args.size) ** 2, bytes_per_image
+            ),  # fmt: skip
+            "coco": projection(COCO, shots, t_u, t_c, build, coco_scale, bytes_per_image),
+        },
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
