@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from hdmnet_core.config import ConfigError
 from hdmnet_core.data.source import DataError
+from hdmnet_core.errors import UserError
 
 
 class Command(NamedTuple):
@@ -31,7 +32,8 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "reproduce": Command(
         "hdmnet_core.engine.reproduce",
-        "execute the notebooks headlessly (papermill) and write a results table",
+        "execute the notebooks headlessly (papermill), or with --folds/--shots the training "
+        "and evaluation chain, and write a results table",
     ),
     "train": Command(
         "hdmnet_core.engine.train",
@@ -64,6 +66,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     FileNotFoundError,
     FileExistsError,
+    UserError,
 )
 """User errors: printed as one ``error:`` line naming the file or key, exit code 2."""
 

@@ -38,6 +38,7 @@ import hdmnet_core
 from hdmnet_core.atomic import atomic_write
 from hdmnet_core.config import Config, ConfigError
 from hdmnet_core.engine.build import build_base_learner, build_meta_model, num_base_classes
+from hdmnet_core.errors import UserError
 from hdmnet_core.model.convert import compare_state
 from hdmnet_core.model.hdmnet import HDMNet
 from hdmnet_core.model.pspnet import PSPNet
@@ -54,7 +55,7 @@ RESUME_FREE_KEYS: frozenset[str] = frozenset(
 read from or how fast, never what is computed."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable, of another kind, or does not fit the run."""
 
 

@@ -214,7 +214,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reproduce",
-        help="execute the notebooks headlessly (papermill) and write a results table",
+        help="execute the notebooks headlessly (papermill), or with --folds/--shots the "
+        "training and evaluation chain, and write a results table",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

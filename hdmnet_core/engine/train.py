@@ -55,6 +55,7 @@ from hdmnet_core.engine.distributed import (
     setup,
 )
 from hdmnet_core.engine.logging import TrainingLog, peak_memory_mb, progress_wanted
+from hdmnet_core.errors import UserError
 from hdmnet_core.model.convert import ConversionError, read_weights_file
 from hdmnet_core.model.hdmnet import HDMNet
 from hdmnet_core.model.losses import IGNORE_INDEX
@@ -100,7 +101,7 @@ BASE_STAGE_KEYS: tuple[str, ...] = (
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """A loss term became NaN or infinite; the last good checkpoint is kept."""
 
 
