@@ -13,6 +13,11 @@ prepared with the real ``prepare_pascal``. Three measurements, each in one proce
   ``--size``), i.e. what one DataLoader worker produces;
 - ``val episode``: ``EpisodeDataset`` in evaluation mode (direct resize to ``--size``).
 
+Each is measured twice: on the prepared tree (``PreparedSource``: JPEG and PNG files)
+and on its ``export-hf`` copy (``HFSource``: the same bytes in a memory-mapped Arrow
+file), so that sharing data as a Hugging Face dataset is known to keep loading speed
+(``--no-hf`` skips the export).
+
 Prints a table and writes ``benchmarks/results/data_loading.json``.
 """
 
@@ -36,7 +41,9 @@ sys.path.insert(0, str(PROJECT))
 from hdmnet_core.atomic import atomic_write_json  # noqa: E402
 from hdmnet_core.data import splits  # noqa: E402
 from hdmnet_core.data.episodes import EpisodeDataset  # noqa: E402
+from hdmnet_core.data.hf import HFSource, export_hf  # noqa: E402
 from hdmnet_core.data.prepared import PreparedSource  # noqa: E402
+from hdmnet_core.data.source import SegmentationSource  # noqa: E402
 from hdmnet_core.data.transforms import EvalTransform, TrainTransform  # noqa: E402
 
 RESULTS = PROJECT / "benchmarks" / "results" / "data_loading.json"
@@ -79,7 +86,7 @@ def make_pascal_like_tree(folder: Path, images: int, seed: int = 0) -> Path:
     return folder / "data"
 
 
-def time_decode(source: PreparedSource, episodes: int, shots: int) -> float:
+def time_decode(source: SegmentationSource, episodes: int, shots: int) -> float:
     """Episodes/s of raw decoding: 1 + shots (image, mask) pairs per episode."""
     rng = np.random.default_rng(0)
     start = time.perf_counter()
@@ -121,6 +128,30 @@ def fold_of(dataset: str) -> tuple[list[int], list[int]]:
     return splits.base_classes(dataset, 0), splits.novel_classes(dataset, 0)
 
 
+def measure(
+    train: SegmentationSource, val: SegmentationSource, dataset_name: str, args: argparse.Namespace
+) -> dict[str, float]:
+    """Episodes/s of the three measurements (and the DataLoader row) for one source pair."""
+    base, novel = fold_of(dataset_name)
+    train_set = EpisodeDataset(
+        train, base, args.shots, "train", TrainTransform(args.size), small_classes="skip"
+    )
+    val_set = EpisodeDataset(
+        val, novel, args.shots, "val", EvalTransform(args.size),
+        episodes=args.episodes, small_classes="skip",
+    )  # fmt: skip
+    rows = {
+        "decode": time_decode(train, args.episodes, args.shots),
+        "train episode": time_episodes(train_set, args.episodes),
+        "val episode": time_episodes(val_set, args.episodes),
+    }
+    if args.workers > 0:  # total, not per worker: shows a source works inside workers
+        rows[f"train, DataLoader {args.workers} workers (total)"] = time_dataloader(
+            train_set, args.episodes, args.workers
+        )
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -135,25 +166,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             root, made = Path(args.root), f"prepared tree {args.root}"
             dataset_name, train_split, val_split = args.dataset, args.split, "val"
-        train = PreparedSource(root, dataset_name, train_split)
-        val = PreparedSource(root, dataset_name, val_split)
-        base, novel = fold_of(dataset_name)
-        train_set = EpisodeDataset(
-            train, base, args.shots, "train", TrainTransform(args.size), small_classes="skip"
-        )
-        val_set = EpisodeDataset(
-            val, novel, args.shots, "val", EvalTransform(args.size),
-            episodes=args.episodes, small_classes="skip",
-        )  # fmt: skip
-        rows = {
-            "decode": time_decode(train, args.episodes, args.shots),
-            "train episode": time_episodes(train_set, args.episodes),
-            "val episode": time_episodes(val_set, args.episodes),
-        }
-        if args.workers > 0:  # total, not per worker: shows a source works inside workers
-            rows[f"train, DataLoader {args.workers} workers (total)"] = time_dataloader(
-                train_set, args.episodes, args.workers
+        sources: dict[str, tuple[SegmentationSource, SegmentationSource]] = {
+            "prepared tree": (
+                PreparedSource(root, dataset_name, train_split),
+                PreparedSource(root, dataset_name, val_split),
             )
+        }
+        if args.hf:
+            start = time.perf_counter()
+            exported = export_hf(dataset_name, root, Path(tmp) / "hf", progress=False)
+            made += f"; export-hf copy ({time.perf_counter() - start:.1f} s)"
+            sources["export-hf"] = (
+                HFSource(exported, train_split, dataset_name),
+                HFSource(exported, val_split, dataset_name),
+            )
+        rows = {
+            f"{kind}: {name}": value
+            for kind, (train, val) in sources.items()
+            for name, value in measure(train, val, dataset_name, args).items()
+        }
     return {
         "data": made,
         "shots": args.shots,
@@ -175,12 +206,15 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--size", type=int, default=473)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader row (0: skip)")
+    parser.add_argument(
+        "--no-hf", dest="hf", action="store_false", help="skip the export-hf measurements"
+    )
     args = parser.parse_args()
     result = run(args)
     print(result["data"])
-    print(f"{'measurement':<40} {'episodes/s':>10}   ({args.shots}-shot, {args.size}x{args.size})")
+    print(f"{'measurement':<56} {'episodes/s':>10}   ({args.shots}-shot, {args.size}x{args.size})")
     for name, value in result["episodes_per_second_per_worker"].items():
-        print(f"{name:<40} {value:>10.1f}")
+        print(f"{name:<56} {value:>10.1f}")
     atomic_write_json(RESULTS, result)
     print(f"wrote {RESULTS.relative_to(PROJECT)}")
 

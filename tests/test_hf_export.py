@@ -177,3 +177,25 @@ def test_export_errors_are_named_and_nothing_is_overwritten(
         HFSource(
             export_hf("pascal", tmp_path / "data", tmp_path / "p", progress=False), "val", "coco"
         )
+
+
+def test_a_hub_style_parquet_copy_without_the_description_reads_back(tmp_path: Path) -> None:
+    """What ``push_to_hub`` keeps: parquet shards with the features in their schema (no
+    ``info.description``); ``load_dataset(...).save_to_disk`` of them is read when the
+    dataset is named."""
+    import datasets
+
+    from hdmnet_core.data.coco import CocoSource, prepare_coco
+
+    prepare_coco(tmp_path / "data", coco=str(make_coco(tmp_path)), progress=False)
+    out = export_hf("coco", tmp_path / "data", tmp_path / "hf", progress=False)
+    files = {}
+    for split in ("train", "val"):
+        files[split] = str(tmp_path / f"{split}.parquet")
+        datasets.load_from_disk(str(out / split)).to_parquet(files[split])
+    hub = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "cache"))
+    hub.save_to_disk(str(tmp_path / "from-hub"))
+    with pytest.raises(DataError, match="name its dataset"):
+        HFSource(tmp_path / "from-hub", "val")
+    for split in ("train", "val"):
+        assert_same_source(CocoSource(tmp_path / "data", split), HFSource(tmp_path / "from-hub", split, "coco"))  # fmt: skip

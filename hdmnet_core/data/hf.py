@@ -214,8 +214,23 @@ def export_hf(
         raise DataError(f"{out}: already exists; choose a new --out (nothing is overwritten)")
     for split in SPLITS[dataset]:
         open_split(dataset, root, split)  # a missing or unprepared tree fails here, clearly
+    bars_were_on = datasets.is_progress_bar_enabled()
     if not progress:
         datasets.disable_progress_bars()
+    try:
+        return _write_export(dataset, Path(root), out)
+    except OSError as error:  # read-only or full disk: one line naming the file
+        where = error.filename if error.filename is not None else out
+        raise DataError(f"{where}: {error.strerror or error} (while writing {out})") from error
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def _write_export(dataset: str, root: Path, out: Path) -> Path:
+    """The splits to ``.<out>.partial`` (from generators cached beside it), then renamed."""
+    import datasets
+
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     if partial.exists():
@@ -228,7 +243,7 @@ def export_hf(
             parts[split] = datasets.Dataset.from_generator(
                 _rows,
                 features=features,
-                gen_kwargs={"dataset": dataset, "root": str(Path(root).resolve()), "split": split},
+                gen_kwargs={"dataset": dataset, "root": str(root.resolve()), "split": split},
                 cache_dir=cache,
                 info=datasets.DatasetInfo(description=json.dumps(facts), features=features),
                 split=datasets.Split(split),
@@ -240,26 +255,43 @@ def export_hf(
 
 
 # ----------------------------------------------------------------------------- reading
-def read_facts(folder: Path, split: str) -> dict[str, Any]:
-    """The dataset facts of an exported split (``info.description``), checked."""
+def read_facts(folder: Path, split: str, dataset: str | None = None) -> dict[str, Any]:
+    """The dataset facts of an exported split (``info.description``), checked.
+
+    A copy that lost the description (``push_to_hub`` keeps the columns and features but
+    not ``info.description``; ``load_dataset(...).save_to_disk(...)`` then has none) is
+    read when ``dataset`` names its dataset: the facts follow from it.
+    """
     info_path = folder / split / "dataset_info.json"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        facts = json.loads(info["description"])
     except FileNotFoundError as error:
         splits = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
         raise DataError(
             f"{folder}: no exported split {split!r} here (have {splits}); make one with "
             f"python -m hdmnet_core export-hf"
         ) from error
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{info_path}: not an hdmnet export-hf split ({error!r})") from error
-    if not isinstance(facts, dict) or facts.get("hdmnet_export_format") != EXPORT_FORMAT:
-        raise DataError(
-            f"{info_path}: not an export-hf split of format {EXPORT_FORMAT} "
-            f"(description: {str(facts)[:80]!r})"
-        )
-    return facts
+    except (OSError, ValueError) as error:
+        raise DataError(f"{info_path}: unreadable ({error})") from error
+    try:
+        facts = json.loads(info["description"])
+    except (ValueError, KeyError, TypeError):
+        facts = None
+    if isinstance(facts, dict) and facts.get("hdmnet_export_format") == EXPORT_FORMAT:
+        return facts
+    if dataset in EXPORT_DATASETS:
+        return {
+            "hdmnet_export_format": EXPORT_FORMAT,
+            "dataset": dataset,
+            "split": split,
+            "images": None,  # unknown: every row is taken
+            "num_classes": NUM_CLASSES[dataset],
+            "mask_kind": "binary_png" if dataset == "fss1000" else "class_png",
+        }
+    raise DataError(
+        f"{info_path}: no export-hf description of format {EXPORT_FORMAT} (a copy from the "
+        f"Hub?); name its dataset (data.dataset, or HFSource(..., dataset=...))"
+    )
 
 
 class HFSource:
@@ -277,7 +309,7 @@ class HFSource:
         from hdmnet_core.data.prepared import IndexEntry
 
         self.folder = Path(folder)
-        facts = read_facts(self.folder, split)
+        facts = read_facts(self.folder, split, dataset)
         if dataset is not None and facts["dataset"] != dataset:
             raise DataError(
                 f"{self.folder}: exported from dataset {facts['dataset']!r}, not {dataset!r}"
@@ -304,7 +336,7 @@ class HFSource:
             )
             for i in range(table.num_rows)
         ]
-        if len(self._entries) != int(facts["images"]):
+        if facts["images"] is not None and len(self._entries) != int(facts["images"]):
             raise DataError(
                 f"{self.folder / split}: {len(self._entries)} rows, its description says "
                 f"{facts['images']} (incomplete copy?)"
