@@ -4,8 +4,8 @@ Every function here calls the parts of :class:`hdmnet_core.model.hdmnet.HDMNet` 
 order its ``forward`` does (frozen features, priors, merged features, hierarchy,
 matching, decoder, ensemble) and returns the intermediate tensors, so a notebook can
 draw them without re-implementing a line of the model. The notebooks' ``parameters``
-cells go through :func:`notebook_config` and :func:`resolve_device`, the same code on
-CPU and GPU.
+cells go through :func:`notebook_config` and ``resolve_device`` (the engine's, re-exported
+here), the same code on CPU and GPU.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 import torch
 
-from hdmnet_core.config import Config, ConfigError
-from hdmnet_core.data import splits
+from hdmnet_core.config import Config
 from hdmnet_core.data.episodes import build_episode_dataset, collate_episodes
 from hdmnet_core.data.source import SegmentationSource
+from hdmnet_core.engine.build import build_meta_model, resolve_device
 from hdmnet_core.model.hdmnet import HDMNet, resize_to, stage_support_fg
 from hdmnet_core.model.hierarchy import split_heads
 from hdmnet_core.model.losses import distillation_kl, ground_truth_teacher
@@ -52,31 +52,15 @@ def notebook_config(
     return Config.from_profile(profile, **{"data.root": data_root, **(overrides or {}), **named})
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` = the first CUDA device if there is one, else the CPU; else as named."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"device={device!r} is not a torch device ({err})") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r}: CUDA is not available on this machine")
-    return resolved
-
-
 def seeded_model(config: Config, seed: int, device: torch.device | str = "cpu") -> HDMNet:
     """A randomly initialised HDMNet for ``config``'s fold and shots, in eval mode.
 
     The same ``seed`` gives the same weights on every machine (initialised on the CPU,
     then moved), so the notebooks' numbers are reproducible before any training."""
-    num_base = len(
-        splits.base_classes(config.data.dataset, config.data.fold, config.data.coco_split)
-    )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = HDMNet(config.model, num_base, config.data.shots)
+        model = build_meta_model(config)
     finally:
         torch.random.set_rng_state(generator_state)
     return model.eval().to(device)
