@@ -93,7 +93,7 @@ def test_plain_model_one_shot_is_exact_too(data_root: Path) -> None:
     config = tiny_config(data_root, 1)
     model = seeded_model(config, seed=3)
     datasets = datasets_for(config, (17,))
-    cache = build_feature_cache(model, datasets, device=CPU, log=lambda _: None)
+    cache = build_feature_cache(model, datasets, device=CPU, fast=False, log=lambda _: None)
     assert cache is not None
     uncached = evaluate_episodes(model, datasets[0], device=CPU, fast=False)
     cached = evaluate_episodes(model, datasets[0], device=CPU, fast=False, feature_cache=cache)
@@ -172,9 +172,8 @@ def test_a_cache_refuses_other_frozen_weights(data_root: Path) -> None:
     config = tiny_config(data_root, 1)
     model = seeded_model(config)
     dataset = datasets_for(config, (7,))[0]
-    cache = build_feature_cache(
-        evaluation_model(model, CPU), [dataset], device=CPU, log=lambda _: None
-    )
+    # as during meta-training: built once from the model, then every validation run
+    cache = build_feature_cache(model, [dataset], device=CPU, log=lambda _: None)
     assert cache is not None
     # the trainable part may change (validation during meta-training) ...
     with torch.no_grad():

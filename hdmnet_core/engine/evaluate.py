@@ -50,11 +50,11 @@ from hdmnet_core.engine.feature_cache import (
     SupportKey,
     autocast,
     build_feature_cache,
+    evaluation_model,
     resize_mask,
 )
 from hdmnet_core.metrics import BaseLearnerMeter, SegmentationMeter, aggregate_seeds
 from hdmnet_core.model.hdmnet import HDMNet, HDMNetOutput
-from hdmnet_core.model.inference import inference_copy
 
 OUTPUTS: tuple[str, ...] = ("final", "meta", "base")
 """Scored outputs: ensemble, meta learner, frozen base learner (official mIoU_f/_m/_b)."""
@@ -114,15 +114,6 @@ def _json_keys(summary: Mapping[str, Any]) -> dict[str, Any]:
         k: {str(c): v for c, v in value.items()} if isinstance(value, dict) else value
         for k, value in summary.items()
     }
-
-
-def evaluation_model(model: HDMNet, device: torch.device, fast: bool = True) -> HDMNet:
-    """The model that evaluates: ``inference_copy(model)`` on ``device`` (``fast``), or
-    ``model`` itself moved to ``device`` in eval mode. An inference copy is used as is."""
-    if model.inference_only:
-        return model
-    model = model.to(device)
-    return inference_copy(model) if fast else model
 
 
 def shard_indices(count: int) -> list[int]:
@@ -486,6 +477,7 @@ def evaluate_protocol(
     val_source = open_source(config, "val") if source is None else source
     seeds = protocol_seeds(e.seed_generator, e.seeds)
     datasets = [build_episode_dataset(config, "val", val_source, seed=s) for s in seeds]
+    was_training = model.training
     runner = evaluation_model(model, device, fast).eval()
     feature_cache, cache_info = None, None
     if mode != "off":
@@ -501,6 +493,7 @@ def evaluate_protocol(
             folder=folder,
             episode_indices=shard_indices(e.episodes),
             progress=progress,
+            fast=fast,
             log=log,
         )
         if feature_cache is not None:
@@ -523,6 +516,7 @@ def evaluate_protocol(
                 num_workers=workers,
                 progress=progress,
                 feature_cache=feature_cache,
+                fast=fast,
             )
             runs.append(scores.summary())
             log(
@@ -533,6 +527,8 @@ def evaluate_protocol(
     finally:
         if feature_cache is not None:
             feature_cache.close()
+        if runner is model and was_training:
+            model.train()
     d = config.data
     return ProtocolResult(
         d.dataset,
@@ -756,6 +752,7 @@ __all__ = [
     "add_parser",
     "evaluate_episodes",
     "evaluate_protocol",
+    "evaluation_model",
     "folds_table",
     "protocol_seeds",
 ]

@@ -65,6 +65,7 @@ from hdmnet_core.config import ConfigError
 from hdmnet_core.data.episodes import EpisodeDataset, binary_mask
 from hdmnet_core.data.transforms import EvalTransform
 from hdmnet_core.model.hdmnet import HDMNet
+from hdmnet_core.model.inference import inference_copy
 
 FULL_LAYERS: tuple[str, ...] = ("layer2", "layer3")
 """Stored as full maps for queries and supports (mid features, scene difference)."""
@@ -120,6 +121,15 @@ def frozen_fingerprint(model: HDMNet, amp: str, device: torch.device) -> str:
         digest.update(repr(tuple(value.shape)).encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def evaluation_model(model: HDMNet, device: torch.device, fast: bool = True) -> HDMNet:
+    """The model that evaluates: ``inference_copy(model)`` on ``device`` (``fast``), or
+    ``model`` itself moved to ``device``. An inference copy is used as it is."""
+    if model.inference_only:
+        return model
+    model = model.to(device)
+    return inference_copy(model) if fast else model
 
 
 def autocast(device: torch.device, amp: str) -> torch.autocast:
@@ -471,19 +481,25 @@ def build_feature_cache(
     folder: str | os.PathLike[str] = "feature_cache",
     episode_indices: Sequence[int] | None = None,
     progress: bool = False,
+    fast: bool = True,
     log: Callable[[str], None] = print,
 ) -> FeatureCache | None:
     """Plan, size, place and fill the cache for ``datasets`` with ``model``'s frozen part.
 
-    ``model`` is the model that will evaluate (e.g. the ``inference_copy``), on ``device``.
-    Prints the plan's size before building. Returns None (the caller evaluates uncached)
-    when ``mode`` is ``off``, or ``auto`` and the plan does not fit; ``on`` raises
-    :class:`ConfigError` then.
+    ``model``: the trained model (or its inference copy); ``fast`` as in
+    ``evaluate_episodes``, so that its evaluations accept the cache. Prints the plan's size
+    before building. Returns None (the caller evaluates uncached) when ``mode`` is ``off``,
+    or ``auto`` and the plan does not fit; ``on`` raises :class:`ConfigError` then.
+
+    Validation during meta-training: build it once for the validation episodes, then pass
+    it to every ``evaluate_episodes(model, dataset, feature_cache=cache)``; the frozen part
+    does not change, and a model whose frozen weights did is refused.
     """
     if mode not in ("auto", "on", "off"):
         raise ConfigError(f"eval.cache={mode!r}: choose one of auto, on, off")
     if mode == "off":
         return None
+    model = evaluation_model(model, device, fast).eval()
     plan = plan_feature_cache(
         model, datasets, device=device, amp=amp, episode_indices=episode_indices
     )
@@ -547,6 +563,7 @@ __all__ = [
     "autocast",
     "build_feature_cache",
     "choose_storage",
+    "evaluation_model",
     "fill_feature_cache",
     "foreground_positions",
     "frozen_fingerprint",
