@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -128,10 +129,9 @@ def fold_of(dataset: str) -> tuple[list[int], list[int]]:
     return splits.base_classes(dataset, 0), splits.novel_classes(dataset, 0)
 
 
-def measure(
+def episode_sets(
     train: SegmentationSource, val: SegmentationSource, dataset_name: str, args: argparse.Namespace
-) -> dict[str, float]:
-    """Episodes/s of the three measurements (and the DataLoader row) for one source pair."""
+) -> tuple[EpisodeDataset, EpisodeDataset]:
     base, novel = fold_of(dataset_name)
     train_set = EpisodeDataset(
         train, base, args.shots, "train", TrainTransform(args.size), small_classes="skip"
@@ -140,15 +140,30 @@ def measure(
         val, novel, args.shots, "val", EvalTransform(args.size),
         episodes=args.episodes, small_classes="skip",
     )  # fmt: skip
-    rows = {
-        "decode": time_decode(train, args.episodes, args.shots),
-        "train episode": time_episodes(train_set, args.episodes),
-        "val episode": time_episodes(val_set, args.episodes),
+    return train_set, val_set
+
+
+def measure(
+    sources: dict[str, tuple[SegmentationSource, SegmentationSource]],
+    dataset_name: str,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """Episodes/s of each measurement, the sources interleaved (one measurement for
+    every source before the next one), so that a busy moment hits them alike."""
+    sets = {kind: episode_sets(*pair, dataset_name, args) for kind, pair in sources.items()}
+    timings: dict[str, Callable[[str], float]] = {
+        "decode": lambda kind: time_decode(sources[kind][0], args.episodes, args.shots),
+        "train episode": lambda kind: time_episodes(sets[kind][0], args.episodes),
+        "val episode": lambda kind: time_episodes(sets[kind][1], args.episodes),
     }
     if args.workers > 0:  # total, not per worker: shows a source works inside workers
-        rows[f"train, DataLoader {args.workers} workers (total)"] = time_dataloader(
-            train_set, args.episodes, args.workers
+        timings[f"train, DataLoader {args.workers} workers (total)"] = lambda kind: time_dataloader(
+            sets[kind][0], args.episodes, args.workers
         )
+    rows = {}
+    for name, timing in timings.items():
+        for kind in sources:
+            rows[f"{kind}: {name}"] = timing(kind)
     return rows
 
 
@@ -180,11 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 HFSource(exported, train_split, dataset_name),
                 HFSource(exported, val_split, dataset_name),
             )
-        rows = {
-            f"{kind}: {name}": value
-            for kind, (train, val) in sources.items()
-            for name, value in measure(train, val, dataset_name, args).items()
-        }
+        rows = measure(sources, dataset_name, args)
     return {
         "data": made,
         "shots": args.shots,

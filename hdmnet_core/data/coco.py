@@ -311,7 +311,7 @@ def prepare_coco(
         )
     raise_all(problems, "COCO annotations point to missing or invalid entries")
 
-    options = {"crowd": crowd, "coco": str(base.resolve())}
+    options = {"crowd": crowd, "coco": str(base.resolve()), "copy_images": copy_images}
     staging = begin_staging(folder, options)
     copies = ImageCopies() if copy_images else None
     indexes = {}

@@ -166,7 +166,8 @@ def prepare_fss1000(
                 planned[split].append((name, str(image), str(mask), ids[class_name]))
     raise_all(problems, "FSS-1000 class lists point to missing files")
 
-    staging = begin_staging(folder, {"fss": str(base)})
+    options = {"fss": str(base), "copy_images": copy_images}
+    staging = begin_staging(folder, options)
     copies = ImageCopies() if copy_images else None
     indexes = {}
     for split, items in planned.items():
@@ -193,7 +194,7 @@ def prepare_fss1000(
         "dataset": "fss1000",
         "package_version": __version__,
         "counts": {split: len(index.entries) for split, index in indexes.items()},
-        "options": {"fss": str(base)},
+        "options": options,
         "command": command_line("fss1000", folder.parent, flags),
         "images": images_record(copies, [base]),
         "stats": {

@@ -300,7 +300,12 @@ def prepare_pascal(
         for split, names in (("train", lists.train), ("val", lists.val))
     }
     raise_all(problems, "PASCAL list entries point to missing files")
-    options = {"train_set": train_set, "voc": str(voc_root), "sbd": str(sbd_root)}
+    options = {
+        "train_set": train_set,
+        "voc": str(voc_root),
+        "sbd": str(sbd_root),
+        "copy_images": copy_images,
+    }
     staging = begin_staging(folder, options)
     jobs = {
         split: [
