@@ -33,7 +33,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
 # The ordered notebooks of the main job. Later notebooks join this list.
-NOTEBOOKS: tuple[str, ...] = ("00_episodes_and_data.ipynb",)
+NOTEBOOKS: tuple[str, ...] = (
+    "00_episodes_and_data.ipynb",
+    "01_backbone_and_priors.ipynb",
+    "02_decoupled_hierarchy.ipynb",
+    "03_correlation_matching.ipynb",
+    "04_correlation_distillation.ipynb",
+    "05_ensemble.ipynb",
+)
 
 RESULTS_SUBDIR = "results"
 
