@@ -1,0 +1,89 @@
+"""The stored notebooks of the course: order, parameters, size and honest nbval markers.
+
+nbval (``make test``) executes every notebook and compares its outputs; these checks
+cover what nbval does not: that each notebook of ``reproduce.NOTEBOOKS`` exists with
+the papermill parameters the runner passes, a goal on top, small stored outputs that
+read without a kernel, and a reason next to every output that nbval is told to ignore.
+"""
+
+import ast
+import json
+import re
+
+import pytest
+
+from hdmnet_core.engine.reproduce import NOTEBOOK_DIR, NOTEBOOKS
+
+MAX_BYTES = 1_000_000
+RUNNER_PARAMETERS = {"profile", "data_root", "output_dir", "overrides"}
+COURSE_PARAMETERS = RUNNER_PARAMETERS | {"fold", "shots", "seed", "device"}
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def load(name):
+    return json.loads((NOTEBOOK_DIR / name).read_text())
+
+
+def source(cell):
+    return "".join(cell["source"])
+
+
+def test_the_course_is_ordered_and_complete():
+    assert NOTEBOOKS[0] == "00_episodes_and_data.ipynb"
+    numbers = [int(name[:2]) for name in NOTEBOOKS]
+    assert numbers == list(range(len(NOTEBOOKS)))
+    on_disk = sorted(p.name for p in NOTEBOOK_DIR.glob("0[0-5]_*.ipynb"))
+    assert [n for n in NOTEBOOKS if n[:2] <= "05"] == on_disk
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_has_goal_and_parameters(name):
+    cells = load(name)["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "**Goal.**" in source(cells[0])
+    tagged = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1, f"{name}: needs exactly one cell tagged 'parameters'"
+    assigned = {
+        target.id
+        for node in ast.parse(source(tagged[0])).body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    wanted = RUNNER_PARAMETERS if name.startswith("00") else COURSE_PARAMETERS
+    assert wanted <= assigned, f"{name}: parameters cell lacks {sorted(wanted - assigned)}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_stored_executed_small_and_without_errors(name):
+    path = NOTEBOOK_DIR / name
+    assert path.stat().st_size <= MAX_BYTES, f"{name}: {path.stat().st_size} bytes stored"
+    notebook = load(name)
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert all(c["execution_count"] is not None for c in code), f"{name}: not fully executed"
+    outputs = [o for c in code for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}: no figure"
+    widget_outputs = [o for o in outputs if WIDGET_VIEW in o.get("data", {})]
+    for output in widget_outputs:  # readable without a widget manager
+        assert "image/png" in output["data"], f"{name}: a widget without a static preview"
+    if widget_outputs:  # and JupyterLab can draw the stored widgets before a run
+        state = notebook["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+        ids = {o["data"][WIDGET_VIEW]["model_id"] for o in widget_outputs}
+        assert ids <= set(state), f"{name}: widget state not stored for {sorted(ids - set(state))}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_ignored_output_says_why(name):
+    for cell in load(name)["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        text = source(cell)
+        tags = cell["metadata"].get("tags", [])
+        assert not {"nbval-ignore-output", "nbval-skip"} & set(tags), (
+            f"{name}: use a '# NBVAL_IGNORE_OUTPUT: reason' comment instead of a bare tag"
+        )
+        for marker in re.findall(r"#\s*NBVAL_\w+.*", text):
+            assert re.match(r"#\s*NBVAL_\w+: \S", marker), (
+                f"{name}: marker without reason: {marker!r}"
+            )
