@@ -349,3 +349,52 @@ def test_every_class_skipped_gives_the_reason_per_class(tmp_path: Path) -> None:
     assert "every class of [1, 2, 3, 4, 5] was skipped" in message
     assert "class 1: 1 usable image(s)" in message and "class 2: 0 usable image(s)" in message
     assert "needs 2 usable images" in message
+
+
+def test_coco_staged_masks_follow_their_annotations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_data_coco import make_coco
+
+    import hdmnet_core.data.coco as coco
+
+    base = make_coco(tmp_path)
+    real_write = coco.write_png
+    calls = {"n": 0}
+
+    def write(path: Path, mask: np.ndarray, digest: str | None = None) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_write(path, mask, digest)
+
+    monkeypatch.setattr(coco, "write_png", write)
+    with pytest.raises(KeyboardInterrupt):
+        coco.prepare_coco(tmp_path / "data", coco=str(base), progress=False)
+    monkeypatch.undo()
+    annotations = base / "annotations" / "instances_train2014.json"
+    content = json.loads(annotations.read_text())
+    content["annotations"] = [a for a in content["annotations"] if a["image_id"] != 1 or a["category_id"] == 1]  # fmt: skip
+    annotations.write_text(json.dumps(content))  # image 1 keeps only its person
+    coco.prepare_coco(tmp_path / "data", coco=str(base), progress=False)
+    train = coco.CocoSource(tmp_path / "data", "train")
+    assert train.image_name(0) == "COCO_train2014_000000000001"
+    assert set(np.unique(train.load_mask(0)).tolist()) == {0, 1}
+    assert train.class_areas(0) == {1: 40 * 60}
+
+
+def test_fss_copy_images_copies_masks_too(tmp_path: Path) -> None:
+    from data_formats import make_fss_tree
+    from test_data_fss1000 import LISTS
+
+    from hdmnet_core.data.fss1000 import Fss1000Source, prepare_fss1000
+
+    make_fss_tree(tmp_path / "in", [n for names in LISTS.values() for n in names], shots=2)
+    marker = prepare_fss1000(
+        tmp_path / "data", fss=str(tmp_path / "in"), lists=LISTS, progress=False, copy_images=True
+    )
+    assert marker["images"] == {"mode": "copied", "hard links": 12, "copies": 0}
+    expected = Fss1000Source(tmp_path / "data", "test").load_mask(1)
+    shutil.rmtree(tmp_path / "in")
+    assert verify_prepared(tmp_path / "data", "fss1000") == []
+    np.testing.assert_array_equal(Fss1000Source(tmp_path / "data", "test").load_mask(1), expected)
