@@ -45,12 +45,17 @@ reproduce: venv caches
 
 # JupyterLab from .venv: its "python3" kernel is the .venv interpreter and ipywidgets 8
 # needs no extension build. Widget state is saved with the notebook (Lab setting
-# saveState) so that stored widgets show without a kernel. No update or news checks
-# (no internet needed); --allow-root only when run as root (containers). Pass e.g. LAB_ARGS="--no-browser --ip=0.0.0.0" for a remote host.
-LAB_WIDGET_SETTINGS := $(JUPYTER_CONFIG_DIR)/lab/user-settings/@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings
+# saveState) so that stored widgets show without a kernel. No update or news checks (no
+# internet needed). Both settings are written once; change them in Lab's Settings
+# editor. --allow-root only when run as root (containers). Pass e.g.
+# LAB_ARGS="--no-browser --ip=0.0.0.0" for a remote host.
+LAB_SETTINGS := $(JUPYTER_CONFIG_DIR)/lab/user-settings
+LAB_WIDGET_SETTINGS := $(LAB_SETTINGS)/@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings
+LAB_NEWS_SETTINGS := $(LAB_SETTINGS)/@jupyterlab/apputils-extension/notification.jupyterlab-settings
 lab: venv caches
-	@mkdir -p $(dir $(LAB_WIDGET_SETTINGS))
+	@mkdir -p $(dir $(LAB_WIDGET_SETTINGS)) $(dir $(LAB_NEWS_SETTINGS))
 	@test -f $(LAB_WIDGET_SETTINGS) || echo '{"saveState": true}' > $(LAB_WIDGET_SETTINGS)
+	@test -f $(LAB_NEWS_SETTINGS) || echo '{"fetchNews": "false"}' > $(LAB_NEWS_SETTINGS)
 	$(PY) -m jupyter lab --ServerApp.root_dir=$(CURDIR) --ServerApp.preferred_dir=$(CURDIR)/notebooks \
 		--ServerApp.port=$(LAB_PORT) --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
 		--LabApp.news_url=None $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
