@@ -234,4 +234,22 @@ def test_cli_evaluates_saves_and_guards_the_shot_count(
     assert main([*common, "--all-folds"]) == 2  # one checkpoint cannot serve four folds
     assert "{fold}" in capsys.readouterr().err
     assert main(["evaluate", "--ckpt", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2
-    assert os.fspath(tmp_path / "missing.pt") in capsys.readouterr().err
+    assert f"{os.fspath(tmp_path / 'missing.pt')} do not exist" in capsys.readouterr().err
+
+
+def test_cli_fills_fold_and_shots_placeholders(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(data_root, **{"eval.seeds": 1, "eval.episodes": 3})
+    write_checkpoint(config, tmp_path / "meta_f0_k1.pt")
+    template = str(tmp_path / "meta_f{fold}_k{shots}.pt")
+    common = ["evaluate", "--ckpt", template, "--device", "cpu", "--out", str(tmp_path / "o")]
+    assert main([*common, "--fold", "0", "--shots", "1", "--cache", "on"]) == 0
+    saved = json.loads((tmp_path / "o" / "fold0_1shot.json").read_text())
+    assert saved["checkpoint"] == str(tmp_path / "meta_f0_k1.pt")
+    assert saved["cache"]["query_images"] > 0  # --cache on used the feature cache
+    assert main([*common, "--fold", "0"]) == 2
+    assert "--shots" in capsys.readouterr().err
+    assert main([*common, "--all-folds", "--shots", "1"]) == 2  # fold 1 has no checkpoint
+    err = capsys.readouterr().err
+    assert "meta_f1_k1.pt" in err and "meta_f0_k1.pt" not in err and "do not exist" in err

@@ -604,8 +604,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--episodes", type=int, default=None, help="episodes per seed")
     parser.add_argument("--data-root", default=None, help="folder of the prepared datasets")
     parser.add_argument("--out", default=None, help="output folder (default runs/eval-<UTC time>)")
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
-    parser.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"],
+                        help="mixed precision (default: the checkpoint's train.amp)")  # fmt: skip
     parser.add_argument("--cache", default=None, choices=["auto", "on", "off"],
                         help="feature cache (default eval.cache: auto)")  # fmt: skip
     parser.add_argument(
@@ -707,7 +708,15 @@ def run_cli(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.all_folds and "{fold}" not in args.ckpt:
         raise ConfigError("--all-folds needs one checkpoint per fold: put {fold} in --ckpt")
+    if "{shots}" in args.ckpt and not args.shots:
+        raise ConfigError("--ckpt contains {shots}: say which shot counts with --shots")
+    if "{fold}" in args.ckpt and args.fold is None and not args.all_folds:
+        raise ConfigError("--ckpt contains {fold}: pass --fold F or --all-folds")
     folds: list[int | None] = [0, 1, 2, 3] if args.all_folds else [args.fold]
+    paths = [checkpoint_path(args.ckpt, f, k) for f in folds for k in args.shots or [None]]
+    missing = [path for path in dict.fromkeys(paths) if not Path(path).is_file()]
+    if missing:  # before any evaluation starts
+        raise FileNotFoundError(f"checkpoint(s) {', '.join(missing)} do not exist")
     results: list[ProtocolResult] = []
     for fold in folds:
         for shots in args.shots or [None]:
