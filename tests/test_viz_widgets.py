@@ -199,3 +199,16 @@ def test_live_figure_recomputes_on_every_change():
     assert "scale=2.0" in bundle["text/plain"]
     with pytest.raises(ValueError, match="at least one control"):
         LiveFigure(draw)
+
+
+def test_blank_panel_and_upsample_map():
+    from hdmnet_core.viz import blank_panel, upsample_map
+    from hdmnet_core.widgets import figure_png
+
+    assert png_size(figure_png(blank_panel("none", 3, size=1.0), dpi=50)) == (150, 50)
+    up = upsample_map(np.array([[0.0, 1.0], [1.0, 0.0]]), (4, 4))
+    assert up.shape == (4, 4) and up.min() >= 0 and up.max() <= 1
+    with pytest.raises(ValueError, match=r"\(h, w\) map"):
+        upsample_map(np.zeros((2, 2, 2)), (4, 4))
+    with pytest.raises(ValueError, match="not a PNG"):
+        png_size(b"GIF89a")
