@@ -469,7 +469,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.lr": 1e-3,
         "train.early_stop_patience": 1000,
         "eval.episodes": 500,
-        "eval.seeds": 3,
+        "eval.seeds": 5,
     },
     # Full size, GPU: PASCAL-5i with the deep-stem ResNet-50 (official recipe).
     "pascal-r50": {

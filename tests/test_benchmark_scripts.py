@@ -78,3 +78,43 @@ def test_evaluation_speed_benchmark_runs_and_cached_counts_match(tmp_path: Path)
         assert row["uncached_s"] > 0 and row["cached_s"] > 0 and row["build_s_per_image"] > 0
         assert row["protocol"]["query_images"] > 0 and row["protocol"]["support_pairs"] > 0
         assert {"pascal", "coco"} == row["projected"].keys()
+
+
+def test_cpu_tiny_course_runs_the_chain_and_the_baselines_on_the_same_episodes(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "course.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "cpu_tiny_course.py")]
+    command += ["--folds", "0", "--shots", "1", "--threads", "1", "--json", str(out)]
+    command += ["--out-dir", str(tmp_path / "chain")]
+    settings = {
+        "data.root": str(tmp_path / "data"),
+        "data.synthetic_images_train": 200,
+        "data.synthetic_images_val": 60,
+        "data.synthetic_image_size": 64,
+        "data.train_size": 64,
+        "data.eval_size": 64,
+        "data.min_class_area": 40,
+        "train.batch_size": 4,
+        "train.max_steps": 2,
+        "train.val_every": 2,
+        "train.val_episodes": 8,
+        "train.base_learner_steps": 2,
+        "train.base_learner_batch_size": 4,
+        "train.base_learner_crop": 64,
+        "train.base_learner_val_every": 2,
+        "train.base_learner_val_images": 8,
+        "eval.episodes": 10,
+        "eval.seeds": 2,
+    }
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    env = {"OMP_NUM_THREADS": "1", "CI": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| fold | shots | prior | prototype |" in result.stdout
+    row = json.loads(out.read_text())["rows"][0]
+    assert (row["fold"], row["shots"]) == (0, 1)
+    assert set(row["baselines"]) == {"prior", "prototype"}
+    assert len(row["baselines"]["prior"]["values"]) == len(row["final_miou"]["values"]) == 2
+    assert row["base_train_seconds"] > 0 and row["meta_train_seconds"] > 0
