@@ -643,18 +643,42 @@ def selection_dataset(config: Config, split: str) -> Any:
     )
 
 
-def meta_validation(config: Config, process: ProcessInfo) -> ValidateFn | None:
+def meta_validation(config: Config, process: ProcessInfo, run_dir: Path) -> ValidateFn | None:
+    """Selection score of the meta learner: final-output mIoU on ``train.selection_split``.
+    The frozen features of the validation episodes are cached once (feature cache) and
+    serve every validation of the run."""
     t = config.train
     if t.selection_split == "none":
         return None
     dataset = selection_dataset(config, t.selection_split)
+    cache: list[Any] = []  # built at the first validation, then reused: the frozen part is fixed
 
     def validate(model: nn.Module) -> dict[str, float]:
-        from hdmnet_core.engine.evaluate import evaluate_episodes
+        from hdmnet_core.engine.evaluate import evaluate_episodes, shard_indices
+        from hdmnet_core.engine.feature_cache import build_feature_cache
 
         inner = ckpt.unwrap_model(model)
         assert isinstance(inner, HDMNet)
-        scores = evaluate_episodes(inner, dataset, device=process.device, amp=t.amp)
+        if not cache:
+            cache.append(
+                build_feature_cache(
+                    inner,
+                    [dataset],
+                    device=process.device,
+                    amp=t.amp,
+                    mode=config.eval.cache,
+                    budget_gb=config.eval.cache_budget_gb,
+                    storage=config.eval.cache_storage,
+                    folder=Path(config.eval.cache_dir or run_dir / "feature_cache"),
+                    episode_indices=shard_indices(len(dataset)),
+                    log=lambda message: (
+                        print(f"[validation] {message}", flush=True) if process.is_main else None
+                    ),
+                )
+            )
+        scores = evaluate_episodes(
+            inner, dataset, device=process.device, amp=t.amp, feature_cache=cache[0]
+        )
         return {
             "score": scores.final.miou(),
             "final_miou": scores.final.miou(),
@@ -700,7 +724,7 @@ def meta_learner_job(
         val_every=t.val_every,
         patience=t.early_stop_patience,
         loss=meta_learner_loss,
-        validate=meta_validation(config, process),
+        validate=meta_validation(config, process, run_dir),
     )
 
 
