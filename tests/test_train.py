@@ -337,3 +337,21 @@ def test_ddp_two_gloo_processes_equal_one_process_with_accumulation(
     ours, theirs = state_of(single.last), state_of(out / "last.pt")
     for key in ours:
         torch.testing.assert_close(theirs[key], ours[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_finite_losses(
+    workspace: Path, base_checkpoint: Path, amp: str
+) -> None:
+    config = tiny_config(
+        workspace / "data",
+        **{"train.max_steps": 2, "train.amp": amp, "train.channels_last": True},
+    )
+    result = train_meta(config, workspace / f"amp-{amp}", base_checkpoint, progress=False)
+    payload = ckpt.read_checkpoint(result.last)
+    assert ckpt.progress_of(payload).step == 2
+    scaler = payload["grad_scaler"]
+    assert (scaler != {}) == (amp == "fp16"), "a GradScaler state exactly for fp16"
+    rows = (workspace / f"amp-{amp}" / "metrics.csv").read_text().splitlines()
+    total = [float(r.split(",")[rows[0].split(",").index("train/total")]) for r in rows[1:]]
+    assert all(v == v and abs(v) < 1e4 for v in total)

@@ -56,14 +56,18 @@ def distillation_kl(
     ``teacher`` (B, h', w') is bilinearly resized (``align_corners=False``, official) to
     the student's (B, h, w) first. Scalar result.
     """
-    if teacher.shape[-2:] != student.shape[-2:]:
-        teacher = F.interpolate(
-            teacher[:, None].float(), size=student.shape[-2:], mode="bilinear", align_corners=False
-        )[:, 0]
-    t = spatial_distribution(teacher, temperature)
-    s = spatial_distribution(student, temperature)
-    kl = t * (torch.log(t + LOG_EPS) - torch.log(s + LOG_EPS))
-    return kl.sum(dim=1).mean()
+    # fp32 even under autocast: the ground-truth teacher holds -1e9, which is -inf in
+    # fp16, and resizing -inf next to 1 gives NaN
+    with torch.autocast(device_type=student.device.type, enabled=False):
+        teacher, student = teacher.float(), student.float()
+        if teacher.shape[-2:] != student.shape[-2:]:
+            teacher = F.interpolate(
+                teacher[:, None], size=student.shape[-2:], mode="bilinear", align_corners=False
+            )[:, 0]
+        t = spatial_distribution(teacher, temperature)
+        s = spatial_distribution(student, temperature)
+        kl = t * (torch.log(t + LOG_EPS) - torch.log(s + LOG_EPS))
+        return kl.sum(dim=1).mean()
 
 
 def correlation_distillation_loss(

@@ -93,8 +93,9 @@ def foreground_mean_scores(
     foreground gives 0.
     """
     fg = support_fg.to(support.dtype)
-    count = fg.sum(dim=1)[:, None, None] + 1e-9  # (B, 1, 1)
-    mean_key = torch.einsum("bhsd,bs->bhd", support, fg) / count  # (B, h, d)
+    # the count in fp32: in fp16 the official +1e-9 rounds to 0 and 0 / 0 gives NaN
+    count = fg.float().sum(dim=1)[:, None, None] + 1e-9  # (B, 1, 1)
+    mean_key = (torch.einsum("bhsd,bs->bhd", support, fg) / count).to(support.dtype)  # (B, h, d)
     per_head = torch.einsum("bhqd,bhd->bhq", query, mean_key) * scale  # (B, h, Nq)
     return per_head.mean(dim=1)
 
