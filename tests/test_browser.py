@@ -4,7 +4,8 @@ JupyterLab runs on loopback from this interpreter (as ``make lab`` does) over a 
 notebook 03 in a temporary workspace (so autosave never touches the stored notebook);
 headless Chromium (the Debian package, ``/usr/bin/chromium``) driven by Playwright's
 Python package clears the outputs, runs every cell, moves the temperature slider and
-checks that the drawn figure changes and is shown at its own pixel size. The last
+checks that the drawn figure changes and is shown at its own pixel size; before the
+run, it checks that the stored widget state draws the stored widgets. The last
 screenshot is kept at ``.cache/browser/03_correlation_matching.png``.
 
 Without Chromium or Playwright the test is skipped with the reason, except in CI
@@ -168,6 +169,9 @@ def test_notebook_03_runs_and_the_temperature_slider_redraws(lab: str) -> None:
                 " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
                 timeout=60_000,
             )
+            # before any run, the stored widget state draws the stored widgets
+            page.locator(".jp-OutputArea-output img.widget-image").first.wait_for(timeout=60_000)
+            assert "Error displaying widget" not in page.inner_text(".jp-Notebook")
             # the stored outputs go first, so what is checked below comes from this run
             page.evaluate("window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
