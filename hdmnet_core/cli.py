@@ -43,6 +43,10 @@ COMMANDS: dict[str, Command] = {
         "hdmnet_core.engine.evaluate",
         "evaluate a meta-trained checkpoint with the official multi-seed protocol",
     ),
+    "predict": Command(
+        "hdmnet_core.predict",
+        "segment your own query image given annotated support images and a meta checkpoint",
+    ),
     "make-synthetic": Command(
         "hdmnet_core.data.synthetic", "generate the synthetic few-shot benchmark"
     ),
