@@ -153,6 +153,22 @@ def test_plan_counts_each_image_once_and_stores_support_maps_only_where_read(
     assert plan.nbytes == sum(plan.elements().values()) * 4
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN")
+def test_mixed_precision_cache_keeps_each_layer_dtype(data_root: Path) -> None:
+    config = tiny_config(data_root, 1)
+    model = seeded_model(config)
+    dataset = datasets_for(config, (3,))[0]
+    cache = build_feature_cache(model, [dataset], device=CPU, amp="bf16", log=lambda _: None)
+    assert cache is not None
+    # the oneDNN backbone computes in fp32, feat5 (a conv under autocast) in bf16
+    assert cache.plan.dtypes["layer2"] == torch.float32
+    assert cache.plan.dtypes["feat5"] == torch.bfloat16
+    uncached = evaluate_episodes(model, dataset, device=CPU, amp="bf16")
+    cached = evaluate_episodes(model, dataset, device=CPU, amp="bf16", feature_cache=cache)
+    for want, got in zip(counts(uncached), counts(cached), strict=True):
+        assert torch.equal(want, got)
+
+
 def test_budget_falls_back_or_refuses(data_root: Path, tmp_path: Path) -> None:
     config = tiny_config(data_root, 1)
     runner = evaluation_model(seeded_model(config), CPU)

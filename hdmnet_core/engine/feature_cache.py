@@ -162,11 +162,21 @@ class CachePlan:
     """(C, h, w) of each cached layer at ``eval_size``."""
     support_foreground: dict[SupportKey, dict[str, int]]
     """Foreground positions of each support pair on each prior layer's grid."""
-    dtype: torch.dtype
+    dtypes: dict[str, torch.dtype]
+    """dtype of each cached layer (as computed: e.g. fp32 backbone maps and a bf16
+    ``feat5`` under CPU autocast with the oneDNN backbone)."""
 
-    @property
-    def element_size(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+    def buffer_dtypes(self) -> dict[str, torch.dtype]:
+        """dtype of each stored buffer (``query/layer2`` ... ``support/feat5``)."""
+        return {f"{kind}/{layer}": self.dtypes[layer]
+                for kind in ("query", "support") for layer in CACHED_LAYERS}  # fmt: skip
+
+    def buffer_bytes(self) -> dict[str, int]:
+        sizes = self.buffer_dtypes()
+        return {
+            name: n * torch.empty((), dtype=sizes[name]).element_size()
+            for name, n in self.elements().items()
+        }
 
     def elements(self) -> dict[str, int]:
         """Elements of each stored buffer (``query/layer2`` ... ``support/feat5``)."""
@@ -183,17 +193,17 @@ class CachePlan:
 
     @property
     def nbytes(self) -> int:
-        return sum(self.elements().values()) * self.element_size
+        return sum(self.buffer_bytes().values())
 
     def describe(self) -> str:
-        elements = self.elements()
-        queries = sum(v for k, v in elements.items() if k.startswith("query/"))
-        supports = sum(v for k, v in elements.items() if k.startswith("support/"))
-        size = self.element_size
+        sizes = self.buffer_bytes()
+        queries = sum(v for k, v in sizes.items() if k.startswith("query/"))
+        supports = sum(v for k, v in sizes.items() if k.startswith("support/"))
+        dtypes = sorted({str(d).removeprefix("torch.") for d in self.dtypes.values()})
         return (
-            f"feature cache: {len(self.queries)} query images ({queries * size / GB:.2f} GB) + "
-            f"{len(self.supports)} (support image, class) pairs ({supports * size / GB:.2f} GB) "
-            f"= {self.nbytes / GB:.2f} GB in {str(self.dtype).removeprefix('torch.')} "
+            f"feature cache: {len(self.queries)} query images ({queries / GB:.2f} GB) + "
+            f"{len(self.supports)} (support image, class) pairs ({supports / GB:.2f} GB) "
+            f"= {self.nbytes / GB:.2f} GB in {'/'.join(dtypes)} "
             f"at {self.eval_size} x {self.eval_size}"
         )
 
@@ -224,7 +234,7 @@ def plan_feature_cache(
             queries.setdefault(spec.query)
             for s in spec.supports:
                 supports.setdefault((s, spec.class_id))
-    layer_shapes, dtype = _probe_shapes(model, size, device, amp)
+    layer_shapes, dtypes = _probe_shapes(model, size, device, amp)
     source = first.source
     foreground: dict[SupportKey, dict[str, int]] = {}
     for image, class_id in supports:
@@ -235,21 +245,19 @@ def plan_feature_cache(
             for layer in PRIOR_LAYERS
         }
     return CachePlan(
-        source.name, size, tuple(queries), tuple(supports), layer_shapes, foreground, dtype
+        source.name, size, tuple(queries), tuple(supports), layer_shapes, foreground, dtypes
     )
 
 
 def _probe_shapes(
     model: HDMNet, size: int, device: torch.device, amp: str
-) -> tuple[dict[str, tuple[int, int, int]], torch.dtype]:
-    """Shapes and dtype of the cached layers, from one zero image through the frozen part."""
+) -> tuple[dict[str, tuple[int, int, int]], dict[str, torch.dtype]]:
+    """Shapes and dtypes of the cached layers, from one zero image through the frozen part."""
     with torch.no_grad(), autocast(device, amp):
         features = model.pspnet.frozen_features(torch.zeros(1, 3, size, size, device=device))
     shapes = {layer: tuple(features[layer].shape[1:]) for layer in CACHED_LAYERS}
-    dtypes = {features[layer].dtype for layer in CACHED_LAYERS}
-    if len(dtypes) != 1:
-        raise RuntimeError(f"feature cache: the frozen layers have mixed dtypes {dtypes}")
-    return shapes, dtypes.pop()  # type: ignore[return-value]
+    dtypes = {layer: features[layer].dtype for layer in CACHED_LAYERS}
+    return shapes, dtypes  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------ storage
@@ -294,7 +302,7 @@ class _Buffers:
     def __init__(
         self,
         elements: dict[str, int],
-        dtype: torch.dtype,
+        dtypes: dict[str, torch.dtype],
         storage: Storage,
         device: torch.device,
         folder: Path,
@@ -304,13 +312,16 @@ class _Buffers:
         self.tensors: dict[str, torch.Tensor] = {}
         if storage == "device":
             for name, n in elements.items():
-                self.tensors[name] = torch.empty(n, dtype=dtype, device=device)
+                self.tensors[name] = torch.empty(n, dtype=dtypes[name], device=device)
             return
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix="features-", dir=folder))
         weakref.finalize(self, shutil.rmtree, self.folder, True)
-        numpy_dtype = {torch.float32: np.float32, torch.float16: np.float16}.get(dtype, np.uint16)
         for name, n in elements.items():
+            dtype = dtypes[name]
+            numpy_dtype = {torch.float32: np.float32, torch.float16: np.float16}.get(
+                dtype, np.uint16
+            )  # bf16 is stored as its 16 bits
             path = self.folder / (name.replace("/", "-") + ".bin")
             array = np.memmap(path, dtype=numpy_dtype, mode="w+", shape=(max(n, 1),))
             tensor = torch.from_numpy(array)
@@ -447,7 +458,8 @@ class FeatureCache:
         for layer in PRIOR_LAYERS:
             c, h, w = self.plan.layer_shapes[layer]
             positions = foreground_positions(support_fg, (h, w))
-            maps = torch.zeros(len(keys), c, h * w, dtype=self.plan.dtype, device=self.device)
+            dtype = self.plan.dtypes[layer]
+            maps = torch.zeros(len(keys), c, h * w, dtype=dtype, device=self.device)
             buffer = self.buffers.tensors[f"support/{layer}"]
             for n, (key, where) in enumerate(zip(keys, positions, strict=True)):
                 count = self.plan.support_foreground[key][layer]
@@ -511,7 +523,7 @@ def build_feature_cache(
         log(f"feature cache: not used ({reason}); evaluating without it")
         return None
     log(f"feature cache: storing {reason}")
-    buffers = _Buffers(plan.elements(), plan.dtype, where, device, Path(folder))
+    buffers = _Buffers(plan.elements(), plan.buffer_dtypes(), where, device, Path(folder))
     cache = FeatureCache(plan, frozen_fingerprint(model, amp, device), buffers, device)
     fill_feature_cache(cache, model, datasets[0], amp=amp, progress=progress)
     return cache
