@@ -231,6 +231,9 @@ def test_cli_evaluates_saves_and_guards_the_shot_count(
     printed = capsys.readouterr().out
     assert "warning:" in printed and "seeded initial weights" in printed
     assert (out / "fold0_2shot.json").exists() and (out / "summary.json").exists()
+    two_shot = json.loads((out / "fold0_2shot.json").read_text())
+    assert two_shot["trained_shots"] == 1 and "seeded initial weights" in two_shot["warning"]
+    assert two_shot["protocol"]["shots"] == 2
     assert main([*common, "--all-folds"]) == 2  # one checkpoint cannot serve four folds
     assert "{fold}" in capsys.readouterr().err
     assert main(["evaluate", "--ckpt", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2

@@ -651,14 +651,15 @@ def checkpoint_path(template: str, fold: int | None, shots: int | None) -> str:
     return path
 
 
-def load_for_evaluation(
+def load_with_trained_shots(
     path: str,
     shots: int | None,
     allow_untrained_shots: bool = False,
     log: Callable[[str], None] = print,
-) -> tuple[HDMNet, Config]:
+) -> tuple[HDMNet, Config, int]:
     """The trained model of a ``meta`` checkpoint for ``shots`` shots (None: the trained
-    count) and its training config (``data.shots`` set to the evaluated count).
+    count), its training config (``data.shots`` set to the evaluated count) and the shot
+    count it was trained for.
 
     A checkpoint of another shot count is refused unless ``allow_untrained_shots``: then
     every weight is loaded into a model built for ``shots`` (seeded with the training
@@ -673,7 +674,7 @@ def load_for_evaluation(
     except CheckpointError as error:
         raise ConfigError(str(error)) from error
     if shots is None or model.shots == shots:
-        return model, config
+        return model, config, model.shots
     if not allow_untrained_shots:
         raise ConfigError(
             f"{path} was trained for {model.shots} shot(s), not {shots}; pass "
@@ -692,7 +693,18 @@ def load_for_evaluation(
     if lacking:
         raise ConfigError(f"{path}: the checkpoint lacks {lacking[:5]} for a {shots}-shot model")
     target.load_state_dict({**state, **trained})
-    return target.eval(), config
+    return target.eval(), config, model.shots
+
+
+def load_for_evaluation(
+    path: str,
+    shots: int | None,
+    allow_untrained_shots: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[HDMNet, Config]:
+    """:func:`load_with_trained_shots` without the trained shot count."""
+    model, config, _ = load_with_trained_shots(path, shots, allow_untrained_shots, log)
+    return model, config
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -721,7 +733,9 @@ def run_cli(args: argparse.Namespace) -> int:
     for fold in folds:
         for shots in args.shots or [None]:
             path = checkpoint_path(args.ckpt, fold, shots)
-            model, trained = load_for_evaluation(path, shots, args.allow_untrained_shots)
+            model, trained, trained_shots = load_with_trained_shots(
+                path, shots, args.allow_untrained_shots
+            )
             if fold is not None and trained.data.fold != fold:
                 raise ConfigError(f"{path} was trained on fold {trained.data.fold}, not {fold}")
             config = trained.with_overrides(**overrides)
@@ -736,7 +750,12 @@ def run_cli(args: argparse.Namespace) -> int:
                 cache_dir=args.cache_dir or out_dir / "feature_cache",
             )
             result.extra["checkpoint"] = path
-            result.extra["trained_shots"] = trained.data.shots
+            result.extra["trained_shots"] = trained_shots
+            if trained_shots != config.data.shots:
+                result.extra["warning"] = (
+                    f"trained for {trained_shots} shot(s); the K-shot weighting MLP "
+                    "kept its seeded initial weights"
+                )
             name = f"fold{config.data.fold}_{config.data.shots}shot"
             result.to_json(out_dir / f"{name}.json")
             result.to_csv(out_dir / f"{name}.csv")
