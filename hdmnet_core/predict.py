@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -362,16 +362,18 @@ def mask_png(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def check_output_path(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+def check_output_path(
+    out: Path, inputs: Sequence[Path], overwrite: bool, flag: str = "--out"
+) -> None:
     """Refuse to write over an input, a folder, or (without ``overwrite``) any file."""
     if out.is_dir():
-        raise PredictError(f"--out {out}: is a folder; give a file name such as {out}/mask.png")
+        raise PredictError(f"{flag} {out}: is a folder; give a file name such as {out}/mask.png")
     for source in inputs:
         same = out.exists() and source.exists() and os.path.samefile(out, source)
         if same or out.resolve() == source.resolve():
-            raise PredictError(f"--out {out}: is the input file {source}; choose another name")
+            raise PredictError(f"{flag} {out}: is the input file {source}; choose another name")
     if out.exists() and not overwrite:
-        raise PredictError(f"--out {out}: exists; choose another name or pass --overwrite")
+        raise PredictError(f"{flag} {out}: exists; choose another name or pass --overwrite")
 
 
 def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
@@ -412,6 +414,132 @@ def write_figure(path: str | os.PathLike[str], figure: Figure, dpi: int = 100) -
         return atomic_write(path, lambda handle: figure.savefig(handle, format=suffix, dpi=dpi))
     finally:
         plt.close(figure)
+
+
+# ------------------------------------------------------------------- notebook widget
+def uploaded_file(upload: Any) -> tuple[IO[bytes], str] | None:
+    """The last file of an ``ipywidgets.FileUpload`` as (stream, name), or None."""
+    files = upload.value
+    if not files:
+        return None
+    last = files[-1]
+    return io.BytesIO(bytes(last["content"])), f"uploaded {last['name']}"
+
+
+def upload_value(name: str, array: np.ndarray) -> tuple[dict[str, Any], ...]:
+    """``array`` as a PNG in the shape of a ``FileUpload`` value (to drive the panel in
+    code: tests, the notebook's demonstration)."""
+    import datetime as dt
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    content = memoryview(buffer.getvalue())
+    stamp = dt.datetime.fromtimestamp(0, tz=dt.UTC)
+    return ({"name": name, "type": "image/png", "size": len(content), "content": content,
+             "last_modified": stamp},)  # fmt: skip
+
+
+class UploadPanel:
+    """Upload a support image, its mask (or mark a box with sliders) and a query; the
+    :class:`Predictor` segments the query on every change.
+
+    The box sliders are in percent of the support image (its size is unknown until the
+    upload). Until something is uploaded the panel uses ``support`` / ``query`` (arrays).
+    A K-shot predictor gets the one support K times. ``message`` says what was segmented
+    or, for a bad upload, the error (the same words as ``predict``); ``prediction`` is the
+    last :class:`Prediction` (None after an error)."""
+
+    def __init__(self, predictor: Predictor, support: np.ndarray, query: np.ndarray) -> None:
+        import ipywidgets as widgets
+
+        self.predictor, self.default_support, self.default_query = predictor, support, query
+        self.prediction: Prediction | None = None
+        upload = {"accept": "image/*", "multiple": False}
+        self.support_upload = widgets.FileUpload(description="support image", **upload)
+        self.mask_upload = widgets.FileUpload(description="support mask", **upload)
+        self.query_upload = widgets.FileUpload(description="query image", **upload)
+        self.mask_from = widgets.ToggleButtons(options=["box", "mask file"], value="box")
+        self.box_x = widgets.IntRangeSlider(value=(30, 70), min=0, max=100, description="box x %")
+        self.box_y = widgets.IntRangeSlider(value=(30, 70), min=0, max=100, description="box y %")
+        self.message = widgets.Label()
+        self.image = widgets.Image(format="png")
+        for control in (self.support_upload, self.mask_upload, self.query_upload,
+                        self.mask_from, self.box_x, self.box_y):  # fmt: skip
+            control.observe(lambda _change: self.redraw(), names="value")
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.support_upload, self.mask_upload, self.query_upload]),
+                widgets.HBox([self.mask_from, self.box_x, self.box_y]),
+                self.message,
+                self.image,
+            ]
+        )
+        self.redraw()
+
+    def box(self, shape: tuple[int, int]) -> Box:
+        """The sliders' box in pixels of an image of ``shape`` (H, W)."""
+        height, width = shape
+        (x0, x1), (y0, y1) = self.box_x.value, self.box_y.value
+        return Box(x0 * width // 100, y0 * height // 100, x1 * width // 100, y1 * height // 100)
+
+    def support(self) -> Support:
+        """The uploaded (or default) support with the mask file or the box."""
+        upload = uploaded_file(self.support_upload)
+        if upload is None:
+            image, name = self.default_support, "the default support"
+        else:
+            image, name = read_image(*upload), upload[1]
+        if self.mask_from.value == "box":
+            return Support(image, self.box(image.shape[:2]).mask(image.shape[:2], name), name)
+        mask_upload = uploaded_file(self.mask_upload)
+        if mask_upload is None:
+            raise DataError("no support mask uploaded yet: upload one, or choose 'box'")
+        values = read_mask_values(*mask_upload)
+        make_support(image, values, mask_upload[1])  # the size check
+        mask = binary_support_mask(values, mask_upload[1], self.predictor.max_class)
+        return Support(image, mask, name)
+
+    def redraw(self) -> None:
+        from hdmnet_core.viz import blank_panel
+
+        try:
+            support = self.support()
+            upload = uploaded_file(self.query_upload)
+            query = self.default_query if upload is None else read_image(*upload)
+            supports = [support] * self.predictor.shots
+            self.prediction = self.predictor(supports, query)
+        except (DataError, PredictError) as error:
+            self.prediction = None
+            self.message.value = f"error: {error}"
+            self._show(blank_panel("no prediction: see the message above", 2, size=2.6))
+            return
+        self._show(overlay_figure(supports[:1], query, self.prediction, size=2.6))
+        self.message.value = (
+            f"{support.name} -> query {query.shape[1]} x {query.shape[0]}: "
+            f"{100 * self.prediction.foreground_fraction:.1f}% object"
+        )
+
+    def _show(self, figure: Figure) -> None:
+        """The figure as the panel's PNG, at its own pixel size."""
+        from hdmnet_core.widgets import figure_png, png_size
+
+        self.image.value = figure_png(figure)
+        width, height = png_size(bytes(self.image.value))
+        self.image.layout.width, self.image.layout.height = f"{width}px", f"{height}px"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """The widget, plus a static PNG and a sentence for viewers without widgets."""
+        import base64
+
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
+        bundle["text/plain"] = (
+            "Upload panel (static preview of the default images: run the notebook in Jupyter "
+            "to upload your own support, mask and query)"
+        )
+        return dict(bundle)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -467,7 +595,7 @@ def run_cli(args: argparse.Namespace) -> int:
     check_output_path(out, inputs, args.overwrite)
     overlay = Path(args.overlay) if args.overlay else None
     if overlay is not None:
-        check_output_path(overlay, [*inputs, out], args.overwrite)
+        check_output_path(overlay, [*inputs, out], args.overwrite, "--overlay")
     device = resolve_device(args.device)
     predictor = Predictor.from_checkpoint(
         ckpt, device, shots=len(args.support), allow_untrained_shots=args.allow_untrained_shots
@@ -495,6 +623,8 @@ __all__ = [
     "Prediction",
     "Predictor",
     "Support",
+    "UploadPanel",
+    "upload_value",
     "binary_support_mask",
     "load_support",
     "make_support",

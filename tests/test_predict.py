@@ -9,6 +9,7 @@ naming the file, exit code 2, with no file written or changed.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +33,13 @@ from hdmnet_core.model.hdmnet import HDMNet
 from hdmnet_core.predict import (
     Box,
     Predictor,
+    Support,
+    UploadPanel,
     binary_support_mask,
     load_support,
     read_image,
     read_mask_values,
+    upload_value,
 )
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -418,3 +422,50 @@ def test_predictor_serves_the_notebook_with_arrays(
     assert prediction.mask.shape == image.shape[:2] and prediction.mask.dtype == np.uint8
     assert np.all((prediction.probability >= 0) & (prediction.probability <= 1))
     np.testing.assert_array_equal(prediction.mask, prediction.probability > 0.5)
+
+
+# ------------------------------------------------------------------ notebook widget
+def test_the_upload_panel_segments_uploads_and_says_what_is_wrong(
+    trained: tuple[Path, Config], episode: dict
+) -> None:
+    ckpt, _ = trained
+    predictor = Predictor.from_checkpoint(ckpt)
+    source, spec = episode["dataset"].source, episode["spec"]
+    support_image, query = source.load_image(spec.supports[0]), source.load_image(spec.query)
+    panel = UploadPanel(predictor, support=np.zeros((40, 50, 3), np.uint8), query=query)
+    assert panel.prediction is not None and panel.prediction.mask.shape == query.shape[:2]
+    first_picture = bytes(panel.image.value)
+
+    panel.support_upload.value = upload_value("support.png", support_image)
+    panel.mask_from.value = "mask file"  # nothing uploaded yet
+    assert panel.prediction is None
+    assert panel.message.value == "error: no support mask uploaded yet: upload one, or choose 'box'"
+    assert bytes(panel.image.value) != first_picture  # a blank, not the stale picture
+    panel.mask_upload.value = upload_value("small.png", np.zeros((8, 8), np.uint8))
+    assert panel.message.value.startswith("error: uploaded small.png: the mask is 8 x 8 pixels")
+    panel.mask_upload.value = upload_value("grey.png", np.full((64, 64), 77, np.uint8))
+    assert "error: uploaded grey.png: mask values 77 are outside" in panel.message.value
+
+    truth = binary_mask(source.load_mask(spec.supports[0]), spec.class_id)
+    panel.mask_upload.value = upload_value("mask.png", truth)
+    expected = predictor([load_support(io_png(support_image), io_png(truth), 20)], query)
+    assert panel.prediction is not None
+    np.testing.assert_array_equal(panel.prediction.probability, expected.probability)
+    with_mask = panel.prediction.probability
+
+    panel.mask_from.value = "box"  # the sliders' box in percent of the 64 x 64 support
+    panel.box_x.value, panel.box_y.value = (0, 50), (50, 100)
+    box = Support(support_image, Box(0, 32, 32, 64).mask((64, 64), "s"), "s")
+    assert panel.prediction is not None
+    np.testing.assert_array_equal(panel.prediction.probability, predictor([box], query).probability)
+    assert not np.array_equal(panel.prediction.probability, with_mask)  # the input changed it
+    panel.query_upload.value = upload_value("query.png", query[:40])
+    assert panel.prediction is not None and panel.prediction.mask.shape == (40, 64)
+    assert "-> query 64 x 40" in panel.message.value
+
+
+def io_png(array: np.ndarray) -> io.BytesIO:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    buffer.seek(0)
+    return buffer
