@@ -382,23 +382,32 @@ def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
 
 
 def overlay_figure(
-    supports: Sequence[Support], query: np.ndarray, prediction: Prediction, size: float = 2.4
+    supports: Sequence[Support],
+    query: np.ndarray,
+    prediction: Prediction,
+    size: float = 2.4,
+    probability: bool = True,
 ) -> Figure:
-    """Supports with their masks, the query with the predicted object, side by side."""
+    """Supports with their masks, the query with the predicted object and (``probability``)
+    the object probability, side by side."""
     import matplotlib.pyplot as plt
 
     from hdmnet_core.viz import overlay_mask
 
-    columns = len(supports) + 1
+    columns = len(supports) + 1 + int(probability)
     figure, axes = plt.subplots(1, columns, figsize=(size * columns, size), squeeze=False)
     for ax, support in zip(axes[0], supports, strict=False):
         ax.imshow(overlay_mask(support.image, support.mask))
         ax.set_title(f"support: {Path(support.name).name}"[:32], fontsize=8)
-    axes[0, -1].imshow(overlay_mask(query, prediction.mask))
-    axes[0, -1].set_title(
+    query_ax = axes[0, len(supports)]
+    query_ax.imshow(overlay_mask(query, prediction.mask))
+    query_ax.set_title(
         f"query: {100 * prediction.foreground_fraction:.1f}% object ({prediction.output})",
         fontsize=8,
     )
+    if probability:
+        axes[0, -1].imshow(prediction.probability, cmap="magma", vmin=0.0, vmax=1.0)
+        axes[0, -1].set_title("object probability (0..1)", fontsize=8)
     for ax in axes[0]:
         ax.axis("off")
     figure.tight_layout()
@@ -511,9 +520,9 @@ class UploadPanel:
         except (DataError, PredictError) as error:
             self.prediction = None
             self.message.value = f"error: {error}"
-            self._show(blank_panel("no prediction: see the message above", 2, size=2.6))
+            self._show(blank_panel("no prediction: see the message above", 3, size=2.2))
             return
-        self._show(overlay_figure(supports[:1], query, self.prediction, size=2.6))
+        self._show(overlay_figure(supports[:1], query, self.prediction, size=2.2))
         self.message.value = (
             f"{support.name} -> query {query.shape[1]} x {query.shape[0]}: "
             f"{100 * self.prediction.foreground_fraction:.1f}% object"
