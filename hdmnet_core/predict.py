@@ -60,6 +60,7 @@ ImageFile = str | os.PathLike[str] | IO[bytes]
 """A path, or an open binary stream (an uploaded file) named by ``where``."""
 
 FSS1000_CLASSES = 1000
+FIGURE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg")
 BOX_PATTERN = re.compile(r"^box:\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*$")
 
 
@@ -363,9 +364,16 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 
 def check_output_path(
-    out: Path, inputs: Sequence[Path], overwrite: bool, flag: str = "--out"
+    out: Path,
+    inputs: Sequence[Path],
+    overwrite: bool,
+    flag: str = "--out",
+    suffixes: Sequence[str] = (".png",),
 ) -> None:
-    """Refuse to write over an input, a folder, or (without ``overwrite``) any file."""
+    """Refuse to write over an input, a folder, or (without ``overwrite``) any file, and
+    a name whose suffix is not one of ``suffixes`` (the file's format)."""
+    if out.suffix.lower() not in suffixes:
+        raise PredictError(f"{flag} {out}: name it *{' or *'.join(suffixes)}")
     if out.is_dir():
         raise PredictError(f"{flag} {out}: is a folder; give a file name such as {out}/mask.png")
     for source in inputs:
@@ -378,7 +386,10 @@ def check_output_path(
 
 def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
     """Write ``mask`` as a 0/255 PNG, atomically (a reader never sees half a file)."""
-    return atomic_write_bytes(path, mask_png(mask))
+    try:
+        return atomic_write_bytes(path, mask_png(mask))
+    except OSError as error:  # read-only folder, disk full ...: the old file stays
+        raise PredictError(f"{path}: cannot write the mask ({error.strerror or error})") from error
 
 
 def overlay_figure(
@@ -418,9 +429,16 @@ def write_figure(path: str | os.PathLike[str], figure: Figure, dpi: int = 100) -
     """Save ``figure`` (format from the suffix) atomically and close it."""
     import matplotlib.pyplot as plt
 
-    suffix = Path(path).suffix.lstrip(".").lower() or "png"
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix not in FIGURE_FORMATS:
+        plt.close(figure)
+        raise PredictError(f"{path}: name the figure *.png, *.jpg, *.pdf or *.svg")
     try:
         return atomic_write(path, lambda handle: figure.savefig(handle, format=suffix, dpi=dpi))
+    except OSError as error:
+        raise PredictError(
+            f"{path}: cannot write the figure ({error.strerror or error})"
+        ) from error
     finally:
         plt.close(figure)
 
@@ -604,7 +622,8 @@ def run_cli(args: argparse.Namespace) -> int:
     check_output_path(out, inputs, args.overwrite)
     overlay = Path(args.overlay) if args.overlay else None
     if overlay is not None:
-        check_output_path(overlay, [*inputs, out], args.overwrite, "--overlay")
+        formats = tuple(f".{suffix}" for suffix in FIGURE_FORMATS)
+        check_output_path(overlay, [*inputs, out], args.overwrite, "--overlay", formats)
     device = resolve_device(args.device)
     predictor = Predictor.from_checkpoint(
         ckpt, device, shots=len(args.support), allow_untrained_shots=args.allow_untrained_shots

@@ -9,6 +9,7 @@ naming the file, exit code 2, with no file written or changed.
 
 from __future__ import annotations
 
+import errno
 import io
 import subprocess
 import sys
@@ -367,6 +368,7 @@ def test_wrong_checkpoints_and_arguments_are_refused(
     base = ckpt.parent.parent / "base" / "best.pt"
     (tmp_path / "broken.pt").write_bytes(ckpt.read_bytes()[:1000])
     (tmp_path / "existing.png").write_bytes(b"the user's file")
+    (tmp_path / "folder.png").mkdir()
     cases = {
         "is a 'base' checkpoint; this needs a 'meta' one": predict_args(base, files, tmp_path / "o.png"),
         "broken.pt: not a readable checkpoint": predict_args(tmp_path / "broken.pt", files, tmp_path / "o.png"),
@@ -378,7 +380,9 @@ def test_wrong_checkpoints_and_arguments_are_refused(
         "existing.png: exists; choose another name or pass --overwrite": predict_args(
             ckpt, files, tmp_path / "existing.png"
         ),
-        "is a folder": predict_args(ckpt, files, tmp_path),
+        "is a folder": predict_args(ckpt, files, tmp_path / "folder.png"),
+        "o.jpg: name it *.png": predict_args(ckpt, files, tmp_path / "o.jpg"),
+        "f.txt: name it *.png or *.jpg": [*predict_args(ckpt, files, tmp_path / "o.png"), "--overlay", str(tmp_path / "f.txt")],
     }  # fmt: skip
     before = folder_state(tmp_path)
     for message, args in cases.items():
@@ -388,6 +392,29 @@ def test_wrong_checkpoints_and_arguments_are_refused(
     assert folder_state(tmp_path) == before
     assert cli.main([*predict_args(ckpt, files, tmp_path / "existing.png"), "--overwrite"]) == 0
     assert Image.open(tmp_path / "existing.png").size == (64, 64)
+
+
+def test_a_failed_write_keeps_the_previous_file(
+    trained: tuple[Path, Config],
+    episode: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ckpt, _ = trained
+    files = episode_files(episode, tmp_path)
+    out = tmp_path / "previous.png"
+    out.write_bytes(b"an earlier prediction")
+    before = folder_state(tmp_path)
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("hdmnet_core.atomic.os.replace", disk_full)
+    assert cli.main([*predict_args(ckpt, files, out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out}: cannot write the mask (No space left on device)\n"
+    assert folder_state(tmp_path) == before  # the old file, no temporary file left
 
 
 def test_the_command_line_exits_with_2(
