@@ -241,3 +241,150 @@ def feature_pca_rgb(feature_maps: Sequence[torch.Tensor]) -> list[np.ndarray]:
         pictures.append(scaled[start : start + h * w].reshape(h, w, 3).numpy())
         start += h * w
     return pictures
+
+
+# ------------------------------------------------ training, evaluation, ablations (06-08)
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Running mean over ``window`` rows (the first rows average what they have)."""
+    if window <= 1 or len(values) < 2:
+        return values
+    cumulative = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (
+        cumulative[1:] - cumulative[np.maximum(np.arange(1, len(values) + 1) - window, 0)]
+    ) / counts
+
+
+def plot_training_curves(
+    metrics: dict[str, np.ndarray], losses: Sequence[str], title: str = "", smooth: int = 5
+) -> Figure:
+    """Loss terms, learning rates and validation scores of one ``metrics.csv`` (columns).
+
+    Loss rows are drawn thin as logged and thick as a running mean of ``smooth`` rows.
+    """
+    step = metrics["step"]
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 2.8))
+    train_rows = ~np.isnan(metrics[losses[0]]) if losses else np.ones_like(step, dtype=bool)
+    for name in losses:
+        values = metrics[name][train_rows]
+        (line,) = axes[0].plot(step[train_rows], values, linewidth=0.5, alpha=0.4)
+        axes[0].plot(step[train_rows], _smooth(values, smooth), color=line.get_color(),
+                     label=name.removeprefix("train/"))  # fmt: skip
+    axes[0].set_title("loss terms", fontsize=9)
+    axes[0].legend(fontsize=7)
+    for name in [k for k in metrics if "lr_group" in k]:
+        rows = ~np.isnan(metrics[name]) & (metrics[name] > 0)  # log scale: the last lr is 0
+        axes[1].plot(step[rows], metrics[name][rows], label=name.removeprefix("train/"))
+    axes[1].set_yscale("log")
+    axes[1].set_title("learning rate (poly)", fontsize=9)
+    axes[1].legend(fontsize=7)
+    for name in [k for k in metrics if k.startswith("val/") and k != "val/score"]:
+        rows = ~np.isnan(metrics[name])
+        axes[2].plot(step[rows], metrics[name][rows], marker="o", label=name.removeprefix("val/"))
+    axes[2].set_title("validation", fontsize=9)
+    if any(k.startswith("val/") and k != "val/score" for k in metrics):
+        axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_runs(runs: dict[str, dict[str, np.ndarray]], smooth: int = 5) -> Figure:
+    """Total loss and validation score of several runs (``{label: metrics columns}``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 2.6))
+    for label, metrics in runs.items():
+        step = metrics["step"]
+        total = metrics.get("train/total")
+        if total is not None:
+            rows = ~np.isnan(total)
+            axes[0].plot(step[rows], _smooth(total[rows], smooth), label=label)
+        score = metrics.get("val/score")
+        if score is not None:
+            rows = ~np.isnan(score)
+            axes[1].plot(step[rows], score[rows], marker="o", label=label)
+    axes[0].set_title("total loss (running mean)", fontsize=9)
+    axes[1].set_title("validation score (selection split)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_seed_values(
+    values: dict[str, Sequence[float]], seeds: Sequence[int], title: str = ""
+) -> Figure:
+    """One dot per seed for each output, with the mean ± std bar and the best circled."""
+    fig, ax = plt.subplots(figsize=(5.0, 2.8))
+    for x, seed_values in enumerate(values.values()):
+        points = 100 * np.asarray(seed_values, dtype=np.float64)
+        ax.scatter(np.full(len(points), x), points, s=14, color="tab:blue", zorder=3)
+        std = float(points.std(ddof=1)) if len(points) > 1 else 0.0
+        ax.errorbar(x + 0.15, points.mean(), yerr=std, fmt="s", color="black", capsize=4)
+        best = int(np.argmax(points))
+        ax.scatter([x], [points[best]], s=90, facecolors="none", edgecolors="tab:red", zorder=4)
+        ax.annotate(f"best: seed {seeds[best]}", (x, points[best]), fontsize=6,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.set_xticks(range(len(values)), list(values), fontsize=8)
+    ax.set_ylabel("mIoU (%)", fontsize=8)
+    ax.set_title(title or "per seed (dots), mean ± std (square), best (circle)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grouped_bars(
+    groups: Sequence[str],
+    series: dict[str, Sequence[float]],
+    errors: dict[str, Sequence[float]] | None = None,
+    ylabel: str = "IoU (%)",
+    title: str = "",
+    width: float = 6.0,
+) -> Figure:
+    """Bars of several series per group (e.g. per-class IoU of final and meta), values in %."""
+    fig, ax = plt.subplots(figsize=(width, 2.8))
+    positions = np.arange(len(groups))
+    bar = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        yerr = None if errors is None or label not in errors else 100 * np.asarray(errors[label])
+        ax.bar(positions + i * bar, 100 * np.asarray(values, dtype=np.float64), bar,
+               yerr=yerr, capsize=2, label=label)  # fmt: skip
+    ax.set_xticks(positions + bar * (len(series) - 1) / 2, list(groups), fontsize=7, rotation=30)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def show_failure_cases(
+    queries: Sequence[Any],
+    truths: Sequence[Any],
+    predictions: Sequence[Any],
+    supports: Sequence[Any],
+    support_masks: Sequence[Any],
+    titles: Sequence[str],
+    size: float = 1.9,
+) -> Figure:
+    """One column per episode: support with its mask, query with the truth, the prediction."""
+    count = len(queries)
+    fig, axes = plt.subplots(3, count, figsize=(size * count, size * 3.1), squeeze=False)
+    for i in range(count):
+        axes[0, i].imshow(overlay_mask(to_uint8_image(supports[i]), support_masks[i]))
+        axes[1, i].imshow(overlay_mask(to_uint8_image(queries[i]), truths[i]))
+        axes[2, i].imshow(overlay_mask(to_uint8_image(queries[i]), predictions[i]))
+        axes[0, i].set_title(titles[i], fontsize=7)
+    for row, label in enumerate(("support", "query: truth", "query: prediction")):
+        axes[row, 0].set_ylabel(label, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
