@@ -102,10 +102,19 @@ def variant_config(config: Config, variant: Variant) -> Config:
     return config.with_overrides(**variant.overrides)
 
 
-def variant_dir(out_dir: str | Path, variant: Variant) -> Path:
-    """``out_dir/<folder name from the variant's name>``."""
-    slug = "".join(c if c.isalnum() else "-" for c in variant.name.lower()).strip("-")
-    return Path(out_dir) / "-".join(filter(None, slug.split("-")))
+def variant_slug(variant: Variant) -> str:
+    """A file-name form of the variant's name: ``"+ distillation (HDMNet, S3)"`` ->
+    ``"distillation-hdmnet-s3"``."""
+    slug = "".join(c if c.isalnum() else "-" for c in variant.name.lower())
+    return "-".join(filter(None, slug.split("-")))
+
+
+def variant_dir(out_dir: str | Path, variant: Variant, config: Config) -> Path:
+    """``out_dir/<slug>-<settings digest>``: other settings (steps, batch, lr ...) train
+    into another folder instead of meeting a checkpoint they cannot resume."""
+    from hdmnet_core.course import settings_digest
+
+    return Path(out_dir) / f"{variant_slug(variant)}-{settings_digest(config)}"
 
 
 # --------------------------------------------------------------------- cost (Table 4)
@@ -200,7 +209,7 @@ def run_variant(
     from hdmnet_core.engine.pipeline import read_matching_evaluation
     from hdmnet_core.engine.train import ensure_meta_learner
 
-    run_dir = variant_dir(out_dir, variant)
+    run_dir = variant_dir(out_dir, variant, config)
     best = ensure_meta_learner(config, run_dir, base_checkpoint, progress=progress)
     provenance = {
         "checkpoint": str(best),

@@ -306,11 +306,31 @@ PANEL_KEYS: dict[str, str] = {
 """Training-panel control -> the config key it sets."""
 
 
-def panel_run_name(values: Mapping[str, Any]) -> str:
-    """A folder name that says which settings a panel run trained with."""
+def settings_digest(config: Config) -> str:
+    """8 hex digits of every setting that decides what stage 2 trains (all but where
+    data lives, speed-only switches and the evaluation): runs with other settings get
+    other folders instead of meeting a checkpoint they cannot resume."""
+    import hashlib
+    import json
+
+    from hdmnet_core.engine.checkpoint import RESUME_FREE_KEYS
+
+    values = config.to_dict()
+    values.pop("eval", None)
+    for key in RESUME_FREE_KEYS:
+        section, _, name = key.partition(".")
+        values.get(section, {}).pop(name, None)
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def panel_run_name(values: Mapping[str, Any], config: Config) -> str:
+    """A folder name that says which settings a panel run trained with (and the digest of
+    all of ``config``'s, so that any other setting trains into another folder)."""
     return (
         f"lr{values['learning_rate']:g}-steps{values['steps']}-{values['shots']}shot-"
-        f"distill{int(values['distillation'])}-ens{int(values['ensemble'])}-{values['matching']}"
+        f"distill{int(values['distillation'])}-ens{int(values['ensemble'])}-{values['matching']}-"
+        f"{settings_digest(config)}"
     )
 
 
@@ -385,7 +405,7 @@ class TrainingPanel:
         from hdmnet_core.engine.train import ensure_meta_learner
 
         config = self.chosen_config()
-        run_dir = self.out_dir / panel_run_name(self.values())
+        run_dir = self.out_dir / panel_run_name(self.values(), config)
         self.status.value = f"training {config.train.max_steps} steps into {run_dir.name} ..."
         best = ensure_meta_learner(
             config, run_dir, self.base_checkpoint, device=self.device, progress=False
@@ -457,7 +477,7 @@ def report_rows(
     notebooks' :func:`~hdmnet_core.engine.reproduce.record_result` ``records``."""
     import json
 
-    from hdmnet_core.ablations import VARIANTS, variant_dir
+    from hdmnet_core.ablations import VARIANTS
 
     d = config.data
     where = f"{config.profile}, {d.dataset} fold {d.fold}, {d.shots}-shot"
@@ -491,11 +511,16 @@ def report_rows(
     base = evaluation["summary"]["base"]["miou"]
     rows.append(ReportRow("base learner mIoU on base classes (%), mean", _pct(base["mean"]), "—",
                           f"frozen stage-1 model on the query images, {made}"))  # fmt: skip
-    for variant in VARIANTS:
-        saved = variant_dir(run.out_dir / "ablations", variant) / "evaluation.json"
-        if not saved.exists():
-            continue
+    saved_variants: dict[str, dict[str, Any]] = {}
+    found = (run.out_dir / "ablations").glob("*/evaluation.json")
+    for saved in sorted(found, key=lambda path: path.stat().st_mtime_ns):
         result = json.loads(saved.read_text())
+        if result.get("config", {}).get("data", {}).get("fold") == d.fold:
+            saved_variants[result.get("variant", "")] = result  # the newest per variant name
+    for variant in VARIANTS:
+        result = saved_variants.get(variant.name)
+        if result is None:
+            continue
         cfg = result["config"]
         rows.append(ReportRow(
             f"ablation {variant.table} {variant.name}: final mIoU (%)",

@@ -152,7 +152,8 @@ def test_training_panel_trains_what_its_controls_say(course_run: Any, tmp_path: 
     assert trained is not None and panel.last_run is not None
     assert trained.train.max_steps == 2 and trained.train.lr == pytest.approx(1e-2)
     assert not trained.model.distillation and trained.model.matching == "dot"
-    assert panel.last_run.name == "lr0.01-steps2-1shot-distill0-ens1-dot"
+    digest = course_tools.settings_digest(trained)
+    assert panel.last_run.name == f"lr0.01-steps2-1shot-distill0-ens1-dot-{digest}"
     assert course_tools.read_metrics(panel.last_run)["step"][-1] == 2
     assert panel.draws == draws + 1 and bytes(panel.image.value) != first_png
     bundle = panel._repr_mimebundle_()
@@ -227,8 +228,9 @@ def test_run_variant_trains_scores_and_reuses(course_run: Any, tmp_path: Path) -
     first = ablations.run_variant(
         short, variant, tmp_path, run.base_checkpoint, log=lambda _m: None
     )
-    folder = ablations.variant_dir(tmp_path, variant)
-    assert folder.name == "baseline" and (folder / "evaluation.json").exists()
+    folder = ablations.variant_dir(tmp_path, variant, short)
+    assert folder.name == f"baseline-{course_tools.settings_digest(short)}"
+    assert (folder / "evaluation.json").exists()
     assert first["protocol"]["episodes_per_seed"] == 6 and first["variant"] == "baseline"
     stamp = (folder / "best.pt").stat().st_mtime_ns
     again = ablations.run_variant(
@@ -236,3 +238,18 @@ def test_run_variant_trains_scores_and_reuses(course_run: Any, tmp_path: Path) -
     )
     assert (folder / "best.pt").stat().st_mtime_ns == stamp
     assert again["summary"] == first["summary"]
+    rows = course_tools.report_rows(config, run)
+    assert not [r for r in rows if r.quantity.startswith("ablation")]  # another out_dir
+    longer = ablations.ablation_config(config, variant, steps=3, batch_size=2, episodes=6, seeds=1)
+    assert ablations.variant_dir(tmp_path, variant, longer) != folder
+
+
+def test_settings_digest_follows_what_is_trained_not_where_data_lives(tmp_path: Path) -> None:
+    config = course_test_config(tmp_path)
+    digest = course_tools.settings_digest(config)
+    assert (
+        course_tools.settings_digest(config.with_overrides(**{"data.root": "elsewhere"})) == digest
+    )
+    assert course_tools.settings_digest(config.with_overrides(**{"eval.seeds": 7})) == digest
+    assert course_tools.settings_digest(config.with_overrides(**{"train.lr": 0.5})) != digest
+    assert ablations.variant_slug(ablations.VARIANTS[4]) == "distillation-hdmnet-s3"
