@@ -80,16 +80,18 @@ def course_config(
     )
 
 
-def course_dir(output_dir: str | Path | None, course: str) -> Path:
-    """Where the course trains: ``<output_dir>/course`` under the runner, else
-    ``.cache/notebook-runs/course-<short|full>`` in the project (one per length, so a short
-    run never meets a full one's checkpoints)."""
+def course_dir(output_dir: str | Path | None, course: str, config: Config | None = None) -> Path:
+    """Where the course trains: ``<output_dir>/course`` under the runner (a new folder per
+    run), else ``.cache/notebook-runs/course-<short|full>[-<digest>]`` in the project: one
+    per length, and with ``config`` one per setting (:func:`settings_digest`), so that a
+    changed setting or profile trains anew instead of meeting checkpoints it cannot resume."""
     from hdmnet_core.engine.reproduce import PROJECT_ROOT
 
     length = resolve_course(course, output_dir)
     if output_dir is not None:
         return Path(output_dir).resolve() / "course"
-    return PROJECT_ROOT / ".cache" / "notebook-runs" / f"course-{length}"
+    suffix = "" if config is None else f"-{settings_digest(config)}"
+    return PROJECT_ROOT / ".cache" / "notebook-runs" / f"course-{length}{suffix}"
 
 
 @dataclass

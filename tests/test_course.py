@@ -69,6 +69,12 @@ def test_course_dir_separates_runner_and_lengths(tmp_path: Path) -> None:
     short, full = course_tools.course_dir(None, "short"), course_tools.course_dir(None, "full")
     assert short.name == "course-short" and full.name == "course-full"
     assert short.parent == full.parent and short.parent.name == "notebook-runs"
+    config = Config.from_profile("cpu-tiny")
+    tagged = course_tools.course_dir(None, "short", config)
+    assert tagged.name == f"course-short-{course_tools.settings_digest(config)}"
+    other = config.with_overrides(**{"train.lr": 0.5})
+    assert course_tools.course_dir(None, "short", other) != tagged
+    assert course_tools.course_dir(tmp_path, "auto", config) == tmp_path.resolve() / "course"
 
 
 # ------------------------------------------------------------------ metrics.csv
