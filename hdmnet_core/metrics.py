@@ -244,11 +244,18 @@ class BaseLearnerMeter:
         target = target.detach()
         _check_target(target, self.num_classes, "BaseLearnerMeter.update")
         labels = _as_labels(pred.detach(), target, self.num_classes, "BaseLearnerMeter.update")
-        for label in range(self.num_classes):
-            i, u = _intersection_union(labels, target, label)
-            self.intersection[label] += int(i.sum())
-            self.union[label] += int(u.sum())
-            self.target_area[label] += int((target == label).sum())
+        # one confusion matrix (target x prediction) over the non-ignored pixels: the same
+        # integer counts as one intersection/union pass per label, in one bincount
+        n = self.num_classes
+        valid = target != IGNORE_INDEX
+        codes = target[valid].to(torch.int64) * n + labels[valid].to(torch.int64)
+        confusion = torch.bincount(codes.cpu(), minlength=n * n).reshape(n, n)
+        hits = confusion.diagonal()
+        predicted = confusion.sum(dim=0)  # (n,) prediction counts on valid pixels
+        actual = confusion.sum(dim=1)  # (n,) target counts
+        self.intersection += hits
+        self.union += predicted + actual - hits
+        self.target_area += actual
 
     def reset(self) -> None:
         for t in self._state():
