@@ -79,6 +79,8 @@ def _open_checked(file: ImageFile, name: str, what: str) -> Image.Image:
     """Open ``file`` with Pillow: a missing or empty file is named as such."""
     if isinstance(file, str | os.PathLike):
         path = Path(file)
+        if path.is_dir():
+            raise DataError(f"{name}: is a folder; give the {what} file")
         if not path.is_file():
             raise DataError(f"{name}: {what} file does not exist")
         if path.stat().st_size == 0:
@@ -95,7 +97,7 @@ def _open_checked(file: ImageFile, name: str, what: str) -> Image.Image:
             with Image.open(file) as image:
                 image.load()  # decode now: a truncated file fails here, not later
                 return ImageOps.exif_transpose(image)  # a copy, turned as displayed
-    except (OSError, SyntaxError, ValueError, Warning) as error:
+    except (OSError, SyntaxError, ValueError, Warning, Image.DecompressionBombError) as error:
         raise DataError(
             f"{name}: not a readable image (corrupt, truncated or not an image: {error}); "
             f"give a PNG or JPEG {what}"
@@ -143,7 +145,7 @@ def binary_support_mask(
         raise DataError(
             f"{where}: mask values {shown} are outside 0, 255 and the class ids 1..{max_class}; "
             "save the mask as a PNG with 0 = background and 255 (or 1) = the object "
-            "(lossy JPEG masks gain such values)"
+            "(colour and lossy JPEG masks give such values)"
         )
     ids = sorted(present - {0, IGNORE_INDEX})
     if class_id is not None:

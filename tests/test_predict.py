@@ -271,6 +271,17 @@ def test_images_are_read_as_displayed(tmp_path: Path) -> None:
     assert read_image(tmp_path / "phone.jpg").shape == (30, 10, 3)
 
 
+def test_a_decompression_bomb_or_a_folder_is_a_named_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_png(tmp_path / "big.png", np.zeros((64, 64, 3), dtype=np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is then a "bomb"
+    with pytest.raises(DataError, match=r"big.png: not a readable image .*decompression bomb"):
+        read_image(tmp_path / "big.png")
+    with pytest.raises(DataError, match=r"is a folder; give the image file"):
+        read_image(tmp_path)
+
+
 def test_boxes_are_parsed_and_bounded() -> None:
     assert Box.parse("box:1, 2,3,4") == Box(1, 2, 3, 4)
     assert Box(1, 2, 3, 4).mask((5, 5), "s").sum() == 4
