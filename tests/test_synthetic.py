@@ -357,3 +357,31 @@ def test_make_synthetic_rejects_a_tiny_size(
     assert cli_main(["make-synthetic", "--root", str(tmp_path), "--size", "16"]) == 2
     assert "image_size=16" in capsys.readouterr().err
     assert not (tmp_path / "synthetic").exists()
+
+
+def test_two_processes_generating_the_same_tree_at_once_both_succeed(tmp_path: Path) -> None:
+    """pytest workers and DDP ranks may ask for the tree at the same time: one generates,
+    the other waits and reuses it; neither fails on the other's rename."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hdmnet_core.config import Config;"
+        "from hdmnet_core.data.synthetic import ensure_synthetic, SyntheticSource;"
+        "c = Config.from_profile('cpu-tiny', **{'data.synthetic_images_train': 300,"
+        " 'data.synthetic_images_val': 40});"
+        "t = ensure_synthetic(sys.argv[1], c.data); print(len(SyntheticSource(t, 'train')))"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in outputs]
+    assert [out.strip() for out, _ in outputs] == ["300", "300"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".synthetic.lock", "synthetic"]

@@ -37,6 +37,7 @@ never deleted: it raises :class:`DataError`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -470,18 +471,37 @@ def ensure_synthetic(
         data_config.synthetic_images_val,
         data_config.synthetic_seed,
     )
-    if tree.exists():
-        manifest = read_manifest(tree)
-        if _tree_matches(tree, manifest, wanted, verify_hashes):
-            return tree
-    return write_synthetic(
-        root,
-        image_size=wanted["image_size"],
-        train_images=wanted["counts"]["train"],
-        val_images=wanted["counts"]["val"],
-        seed=wanted["seed"],
-        progress=progress,
-    )
+    with _generation_lock(Path(root)):  # two processes (pytest workers, DDP ranks) at once
+        if tree.exists():
+            manifest = read_manifest(tree)
+            if _tree_matches(tree, manifest, wanted, verify_hashes):
+                return tree
+        return write_synthetic(
+            root,
+            image_size=wanted["image_size"],
+            train_images=wanted["counts"]["train"],
+            val_images=wanted["counts"]["val"],
+            seed=wanted["seed"],
+            progress=progress,
+        )
+
+
+@contextlib.contextmanager
+def _generation_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``<root>/.synthetic.lock`` while the tree is checked or made:
+    the second process waits, then finds the finished tree (no lock on Windows)."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; generation stays atomic per tree
+        yield
+        return
+    with open(root / ".synthetic.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _tree_matches(
