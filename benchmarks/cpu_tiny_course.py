@@ -33,7 +33,7 @@ from hdmnet_core.baselines import (
     make_scores_fn,
     threshold_curve,
 )
-from hdmnet_core.config import Config
+from hdmnet_core.config import Config, parse_overrides
 from hdmnet_core.data.datasets import open_source
 from hdmnet_core.data.episodes import (
     EpisodeDataset,
@@ -44,7 +44,6 @@ from hdmnet_core.data.episodes import (
 from hdmnet_core.data.transforms import EvalTransform
 from hdmnet_core.engine.evaluate import protocol_seeds
 from hdmnet_core.engine.pipeline import run_fold
-from hdmnet_core.engine.reproduce import parse_overrides
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_tiny_course.json"
 METHODS = ("prior", "prototype")

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -354,6 +355,21 @@ _SECTION_TYPES = {
     "train": TrainConfig,
     "eval": EvalConfig,
 }
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["data.fold=2", "train.lr=5e-4"]`` (the CLI's ``--set KEY=VALUE``) -> dict; values
+    are parsed as JSON when they can be (numbers, booleans, lists), else kept as strings."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. data.fold=2")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:

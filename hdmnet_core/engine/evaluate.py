@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from hdmnet_core.atomic import atomic_write_json, atomic_write_text
-from hdmnet_core.config import Config, ConfigError
+from hdmnet_core.config import Config, ConfigError, parse_overrides
 from hdmnet_core.data.episodes import EpisodeDataset, binary_mask, collate_episodes
 from hdmnet_core.engine.feature_cache import (
     FeatureCache,
@@ -623,22 +623,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override (repeatable)")  # fmt: skip
     parser.set_defaults(func=run_cli)
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> dict; values are parsed as JSON when they can be."""
-    import json
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. eval.episodes=100")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def checkpoint_path(template: str, fold: int | None, shots: int | None) -> str:

@@ -20,14 +20,13 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hdmnet_core.atomic import atomic_write_json, atomic_write_text
-from hdmnet_core.config import PROFILES, Config, ConfigError
+from hdmnet_core.config import PROFILES, Config, parse_overrides
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -40,6 +39,11 @@ NOTEBOOKS: tuple[str, ...] = (
     "03_correlation_matching.ipynb",
     "04_correlation_distillation.ipynb",
     "05_ensemble.ipynb",
+    "06_training.ipynb",
+    "07_evaluation.ipynb",
+    "08_ablations.ipynb",
+    "09_your_own_images.ipynb",
+    "10_report.ipynb",
 )
 
 RESULTS_SUBDIR = "results"
@@ -190,32 +194,10 @@ def environment_facts() -> dict[str, str]:
         if torch.cuda.is_available()
         else f"cpu ({os.cpu_count()} cores)",
     }
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        facts["commit"] = commit
-    except (OSError, subprocess.CalledProcessError):
-        facts["commit"] = "unknown"
+    from hdmnet_core.engine.checkpoint import code_version
+
+    facts["commit"] = code_version()["commit"]
     return facts
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["data.fold=2", "train.max_steps=50"]`` -> dict; values parsed as JSON when they can be."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. data.fold=2")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
-    return overrides
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hdmnet_core.atomic import atomic_write_json
-from hdmnet_core.config import PROFILES, Config, ConfigError
+from hdmnet_core.config import PROFILES, Config, ConfigError, parse_overrides
 from hdmnet_core.engine import checkpoint as ckpt
 from hdmnet_core.engine.build import build_base_learner, build_meta_model
 from hdmnet_core.engine.distributed import (
@@ -874,8 +874,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The profile plus the flags (flags win over ``--set`` for the same key)."""
-    from hdmnet_core.engine.reproduce import parse_overrides
-
     overrides = parse_overrides(args.overrides)
     flag_keys = {
         "fold": "data.fold",
