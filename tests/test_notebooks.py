@@ -126,4 +126,4 @@ def test_course_notebooks_are_short_under_nbval_and_full_under_the_runner(name):
     code = "\n".join(source(c) for c in load(name)["cells"] if c["cell_type"] == "code")
     # one config and one shared run for all four: the same lengths, the same checkpoints
     assert "course_tools.course_config(" in code and "course_tools.train_course(" in code
-    assert "course_tools.course_dir(output_dir, course)" in code
+    assert "course_tools.course_dir(output_dir, course, config)" in code
