@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.train_helpers import TINY_SETTINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,22 +90,13 @@ def test_cpu_tiny_course_runs_the_chain_and_the_baselines_on_the_same_episodes(
     command += ["--folds", "0", "--shots", "1", "--threads", "1", "--json", str(out)]
     command += ["--out-dir", str(tmp_path / "chain")]
     settings = {
+        **TINY_SETTINGS,
         "data.root": str(tmp_path / "data"),
-        "data.synthetic_images_train": 200,
-        "data.synthetic_images_val": 60,
-        "data.synthetic_image_size": 64,
-        "data.train_size": 64,
-        "data.eval_size": 64,
-        "data.min_class_area": 40,
-        "train.batch_size": 4,
         "train.max_steps": 2,
         "train.val_every": 2,
         "train.val_episodes": 8,
+        "train.selection_split": "novel-val",
         "train.base_learner_steps": 2,
-        "train.base_learner_batch_size": 4,
-        "train.base_learner_crop": 64,
-        "train.base_learner_val_every": 2,
-        "train.base_learner_val_images": 8,
         "eval.episodes": 10,
         "eval.seeds": 2,
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hdmnet_core.engine.pipeline import protocol_config, reproduce_chain
-from tests.test_train import tiny_config
+from tests.train_helpers import tiny_config
 
 
 def chain_config(root: Path):  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,34 +23,9 @@ from hdmnet_core.engine.train import (
     train_base,
     train_meta,
 )
+from tests.train_helpers import tiny_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(data_root: Path, **overrides: object) -> Config:
-    """cpu-tiny on a small synthetic set, a few steps, no selection (fast)."""
-    values: dict[str, object] = {
-        "data.root": str(data_root),
-        "data.synthetic_images_train": 200,
-        "data.synthetic_images_val": 60,
-        "data.synthetic_image_size": 64,
-        "data.train_size": 64,
-        "data.eval_size": 64,
-        "data.min_class_area": 40,
-        "train.batch_size": 4,
-        "train.max_steps": 6,
-        "train.checkpoint_every": 2,
-        "train.log_every": 1,
-        "train.selection_split": "none",
-        "train.device": "cpu",
-        "train.base_learner_steps": 4,
-        "train.base_learner_batch_size": 4,
-        "train.base_learner_crop": 64,
-        "train.base_learner_val_every": 2,
-        "train.base_learner_val_images": 8,
-    }
-    values.update(overrides)
-    return Config.from_profile("cpu-tiny", **values)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +47,19 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"tensors differ: {different[:5]}"
+
+
+def set_flags(config: Config) -> list[str]:
+    """``--set KEY=VALUE`` flags that rebuild ``config`` from the cpu-tiny profile."""
+    profile = Config.from_profile("cpu-tiny").to_dict()
+    flags: list[str] = []
+    for section, values in config.to_dict().items():
+        if section == "profile":
+            continue
+        for key, value in values.items():
+            if profile[section][key] != value:
+                flags += ["--set", f"{section}.{key}={json.dumps(value)}"]
+    return flags
 
 
 # ------------------------------------------------------------------ schedule, groups
@@ -204,16 +193,7 @@ def test_resume_after_kill_9_equals_uninterrupted(workspace: Path, base_checkpoi
         sys.executable, "-m", "hdmnet_core", "train", "meta", "--profile", "cpu-tiny",
         "--base-ckpt", str(base_checkpoint), "--out", str(out), "--device", "cpu",
     ]  # fmt: skip
-    for key, value in config.to_dict()["data"].items():
-        if key.startswith("synthetic_") or key in (
-            "root",
-            "train_size",
-            "eval_size",
-            "min_class_area",
-        ):
-            command += ["--set", f"data.{key}={value}"]
-    for key in ("batch_size", "max_steps", "checkpoint_every", "log_every", "selection_split"):
-        command += ["--set", f"train.{key}={config.to_dict()['train'][key]}"]
+    command += set_flags(config)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
     process = subprocess.Popen(
         command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -318,16 +298,7 @@ def test_ddp_two_gloo_processes_equal_one_process_with_accumulation(
         "--master_port", "29517", "-m", "hdmnet_core", "train", "meta", "--profile", "cpu-tiny",
         "--base-ckpt", str(base_checkpoint), "--out", str(out), "--device", "cpu",
     ]  # fmt: skip
-    for key, value in config.to_dict()["data"].items():
-        if key.startswith("synthetic_") or key in (
-            "root",
-            "train_size",
-            "eval_size",
-            "min_class_area",
-        ):
-            command += ["--set", f"data.{key}={value}"]
-    for key in ("batch_size", "max_steps", "checkpoint_every", "log_every", "selection_split"):
-        command += ["--set", f"train.{key}={config.to_dict()['train'][key]}"]
+    command += set_flags(config)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
     done = subprocess.run(
         command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300

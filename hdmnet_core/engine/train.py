@@ -784,14 +784,15 @@ def ensure_base_learner(
     config: Config, run_dir: str | Path, *, device: str | None = None, progress: bool | None = None
 ) -> Path:
     """The stage-1 checkpoint for ``config``'s fold under ``run_dir``: reused when a finished
-    one matches the config, resumed when interrupted, trained otherwise."""
-    if device is not None:
-        config = config.with_overrides(**{"train.device": device})
-    run_dir = Path(run_dir)
-    found = finished_checkpoint(run_dir, config, "base")
-    if found is not None:
-        return found
-    return train_base(config, run_dir, resume=True, progress=progress).best
+    one matches the config, resumed when interrupted, trained otherwise. A ``last.pt`` of
+    other settings in ``run_dir`` is refused (``CheckpointError`` naming them)."""
+    return _ensure(
+        "base",
+        config,
+        Path(run_dir),
+        device,
+        lambda c: train_base(c, run_dir, resume=True, progress=progress),
+    )
 
 
 def ensure_meta_learner(
@@ -803,13 +804,26 @@ def ensure_meta_learner(
     progress: bool | None = None,
 ) -> Path:
     """The stage-2 checkpoint for ``config`` under ``run_dir`` (reused, resumed or trained)."""
+    return _ensure(
+        "meta",
+        config,
+        Path(run_dir),
+        device,
+        lambda c: train_meta(c, run_dir, base_checkpoint, resume=True, progress=progress),
+    )
+
+
+def _ensure(
+    stage: ckpt.Stage,
+    config: Config,
+    run_dir: Path,
+    device: str | None,
+    train_stage: Callable[[Config], TrainResult],
+) -> Path:
     if device is not None:
         config = config.with_overrides(**{"train.device": device})
-    run_dir = Path(run_dir)
-    found = finished_checkpoint(run_dir, config, "meta")
-    if found is not None:
-        return found
-    return train_meta(config, run_dir, base_checkpoint, resume=True, progress=progress).best
+    found = finished_checkpoint(run_dir, config, stage)
+    return found if found is not None else train_stage(config).best
 
 
 # --------------------------------------------------------------------------- CLI
