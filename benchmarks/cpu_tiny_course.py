@@ -23,63 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from hdmnet_core.atomic import atomic_write_json
-from hdmnet_core.baselines import (
-    DEFAULT_GRID,
-    best_threshold,
-    evaluate_baseline,
-    make_scores_fn,
-    threshold_curve,
-)
 from hdmnet_core.config import Config, parse_overrides
-from hdmnet_core.data.datasets import open_source
-from hdmnet_core.data.episodes import (
-    EpisodeDataset,
-    build_episode_dataset,
-    collate_episodes,
-    fold_classes_for,
-)
-from hdmnet_core.data.transforms import EvalTransform
-from hdmnet_core.engine.evaluate import protocol_seeds
+from hdmnet_core.course import baseline_scores
 from hdmnet_core.engine.pipeline import run_fold
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_tiny_course.json"
-METHODS = ("prior", "prototype")
-
-
-def baseline_scores(config: Config, base_episodes: int = 200) -> dict[str, dict[str, Any]]:
-    """Each baseline's novel mIoU on every protocol seed of ``config`` (same episodes as
-    the trained model's evaluation); threshold from base-class train episodes."""
-    train_source, val_source = open_source(config, "train"), open_source(config, "val")
-    d = config.data
-    base_data = EpisodeDataset(
-        train_source,
-        fold_classes_for(config, "train", train_source),
-        d.shots,
-        "val",
-        EvalTransform(d.eval_size),
-        seed=config.eval.seed_generator,
-        episodes=base_episodes,
-        min_class_area=d.min_class_area,
-        filter_intersection=True,
-    )
-    base_batches = list(DataLoader(base_data, batch_size=8, collate_fn=collate_episodes))
-    seeds = protocol_seeds(config.eval.seed_generator, config.eval.seeds)
-    novel = fold_classes_for(config, "val", val_source)
-    out: dict[str, dict[str, Any]] = {}
-    for method in METHODS:
-        scores_fn = make_scores_fn(method)
-        threshold = best_threshold(threshold_curve(scores_fn, base_batches, DEFAULT_GRID))
-        per_seed = []
-        for seed in seeds:
-            episodes = build_episode_dataset(config, "val", val_source, seed=seed)
-            batches = DataLoader(episodes, batch_size=8, collate_fn=collate_episodes)
-            per_seed.append(evaluate_baseline(scores_fn, batches, threshold, novel)["miou"])
-        out[method] = {"threshold": threshold, "values": per_seed,
-                       "mean": sum(per_seed) / len(per_seed)}  # fmt: skip
-    return out
 
 
 def main() -> None:
