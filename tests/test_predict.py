@@ -42,32 +42,23 @@ from hdmnet_core.predict import (
     read_mask_values,
     upload_value,
 )
+from tests import train_helpers
 
 PROJECT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
 def tiny_config(root: Path) -> Config:
-    return Config.from_profile(
-        "cpu-tiny",
+    """The engine tests' tiny settings, narrower and shorter (a checkpoint in seconds)."""
+    return train_helpers.tiny_config(
+        root,
         **{
-            "data.root": str(root),
-            "data.synthetic_images_train": 200,
-            "data.synthetic_images_val": 60,
-            "data.synthetic_image_size": 64,
-            "data.train_size": 64,
-            "data.eval_size": 64,
-            "data.min_class_area": 40,
             "model.width": 16,
             "train.batch_size": 2,
             "train.max_steps": 2,
             "train.val_every": 2,
-            "train.selection_split": "none",
-            "train.checkpoint_every": 2,
             "train.base_learner_steps": 2,
             "train.base_learner_batch_size": 2,
-            "train.base_learner_crop": 64,
-            "train.base_learner_val_every": 2,
             "train.base_learner_val_images": 2,
         },
     )
