@@ -259,3 +259,14 @@ def test_settings_digest_follows_what_is_trained_not_where_data_lives(tmp_path: 
     assert course_tools.settings_digest(config.with_overrides(**{"eval.seeds": 7})) == digest
     assert course_tools.settings_digest(config.with_overrides(**{"train.lr": 0.5})) != digest
     assert ablations.variant_slug(ablations.VARIANTS[4]) == "distillation-hdmnet-s3"
+
+
+def test_baselines_score_the_first_protocol_seeds(tmp_path: Path) -> None:
+    config = course_test_config(tmp_path)
+    scores = course_tools.baseline_scores(config, base_episodes=8, seeds=1)
+    assert set(scores) == set(course_tools.BASELINE_METHODS)
+    for method in scores.values():
+        assert len(method["values"]) == 1 and 0.0 <= method["mean"] <= 1.0
+    both = course_tools.baseline_scores(config, base_episodes=8)
+    assert [len(m["values"]) for m in both.values()] == [config.eval.seeds] * 2
+    assert both["prior"]["values"][0] == scores["prior"]["values"][0]  # the same episodes
