@@ -111,3 +111,18 @@ def test_cpu_tiny_course_runs_the_chain_and_the_baselines_on_the_same_episodes(
     assert set(row["baselines"]) == {"prior", "prototype"}
     assert len(row["baselines"]["prior"]["values"]) == len(row["final_miou"]["values"]) == 2
     assert row["base_train_seconds"] > 0 and row["meta_train_seconds"] > 0
+
+
+def test_training_speed_benchmark_times_both_stages(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "training_speed.py"), "--steps", "2"]
+    command += ["--workers", "0", "--json", str(out)]
+    for key, value in {**TINY_SETTINGS, "data.root": str(tmp_path / "data")}.items():
+        command += ["--set", f"{key}={value}"]
+    env = {"OMP_NUM_THREADS": "1", "CI": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| amp | workers | stage 1 s/step |" in result.stdout
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["base_seconds_per_step"] > 0 and row["meta_seconds_per_step"] > 0
+    assert row["meta_peak_memory_mb"] > 0
