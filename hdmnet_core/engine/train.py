@@ -175,6 +175,12 @@ def poly_scheduler(
     )
 
 
+def stage_length(steps: int | None, epochs: int, items: int, global_batch: int) -> int:
+    """Optimizer steps of a stage: ``steps`` when set (CPU profiles), else ``epochs`` x the
+    full global batches of one epoch (official ``drop_last``, as :class:`ShardedBatches`)."""
+    return steps or epochs * max(items // global_batch, 1)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy's and Python's global generators (official
     ``setup_seed(manual_seed)``)."""
@@ -561,8 +567,9 @@ def base_learner_job(config: Config, run_dir: Path, process: ProcessInfo) -> Sta
         momentum=t.base_learner_momentum,
         weight_decay=t.base_learner_weight_decay,
     )
-    steps_per_epoch = len(train_data) // t.base_learner_batch_size
-    total = t.base_learner_steps or t.base_learner_epochs * max(steps_per_epoch, 1)
+    total = stage_length(
+        t.base_learner_steps, t.base_learner_epochs, len(train_data), t.base_learner_batch_size
+    )
     return StageJob(
         stage="base",
         config=config,
@@ -708,8 +715,7 @@ def meta_learner_job(
     groups = model.trainable_parameter_groups(t.lr, t.new_layer_lr_multiplier)
     optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.999))
     train_data = build_episode_dataset(config, "train", open_source(config, "train"))
-    steps_per_epoch = len(train_data) // t.batch_size
-    total = t.max_steps or t.epochs * max(steps_per_epoch, 1)
+    total = stage_length(t.max_steps, t.epochs, len(train_data), t.batch_size)
     return StageJob(
         stage="meta",
         config=config,
@@ -766,12 +772,13 @@ def finished_checkpoint(run_dir: Path, config: Config, stage: ckpt.Stage) -> Pat
         same = all(_get(a, key) == _get(b, key) for key in BASE_STAGE_KEYS)
     else:
         same = not ckpt.config_differences(
-            stored, config, ckpt.RESUME_FREE_KEYS | _EVAL_KEYS(config)
+            stored, config, ckpt.RESUME_FREE_KEYS | evaluation_keys(config)
         )
     return best if same else None
 
 
-def _EVAL_KEYS(config: Config) -> frozenset[str]:  # noqa: N802 - a constant built from the config
+def evaluation_keys(config: Config) -> frozenset[str]:
+    """``eval.*``: they change how a trained model is scored, never what is trained."""
     return frozenset(f"eval.{k}" for k in config.to_dict()["eval"])
 
 
