@@ -13,6 +13,7 @@ is unique across the sections (``fold=2``). Unknown keys and bad values raise
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -178,7 +179,10 @@ class Config:
     @classmethod
     def from_profile(cls, name: str, **overrides: Any) -> Config:
         if name not in PROFILES:
-            raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+            raise ConfigError(
+                f"unknown profile {name!r}{did_you_mean(name, sorted(PROFILES))}; choose "
+                f"one of {sorted(PROFILES)}"
+            )
         cfg = cls(profile=name)
         cfg = cfg.with_overrides(**PROFILES[name])
         return cfg.with_overrides(**overrides)
@@ -377,19 +381,41 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r}: {why}")
 
 
+def all_keys() -> list[str]:
+    """Every ``section.field`` configuration key."""
+    return [f"{s}.{f.name}" for s, typ in _SECTION_TYPES.items() for f in dataclasses.fields(typ)]
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """``" (did you mean 'x'?)"`` naming the close matches of a mistyped ``name``
+    (difflib), else ``""``."""
+    found = difflib.get_close_matches(name, list(dict.fromkeys(choices)), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, found))}?)" if found else ""
+
+
+def _unknown_key(key: str, why: str = "") -> ConfigError:
+    keys = all_keys()
+    bare = [k.partition(".")[2] for k in keys]
+    hint = did_you_mean(key, keys if "." in key else bare)
+    return ConfigError(
+        f"unknown configuration key {key!r}{why}{hint}; the keys are the fields of the "
+        "sections in hdmnet_core/config.py (Config.from_profile(name).to_dict() lists them)"
+    )
+
+
 def _resolve_key(key: str) -> tuple[str, str]:
     if "." in key:
         section, _, name = key.partition(".")
         if section not in _SECTION_TYPES:
-            raise ConfigError(f"unknown configuration key {key!r}: no section {section!r}")
+            raise _unknown_key(key, f": no section {section!r} (sections {list(_SECTION_TYPES)})")
         if name not in {f.name for f in dataclasses.fields(_SECTION_TYPES[section])}:
-            raise ConfigError(f"unknown configuration key {key!r}")
+            raise _unknown_key(key)
         return section, name
     owners = [
         s for s, typ in _SECTION_TYPES.items() if key in {f.name for f in dataclasses.fields(typ)}
     ]
     if not owners:
-        raise ConfigError(f"unknown configuration key {key!r}")
+        raise _unknown_key(key)
     if len(owners) > 1:
         raise ConfigError(
             f"ambiguous configuration key {key!r}: write one of {[f'{s}.{key}' for s in owners]}"
