@@ -11,7 +11,9 @@ verified (size, then checksum) and only then moved to ``NAME`` with :func:`os.re
 So a file without ``.part`` is always complete and verified.
 
 Extraction (:func:`extract_archive`) unpacks into a hidden ``.NAME.partial`` folder and
-renames it when done: an interrupted extraction never looks finished.
+renames it when done: an interrupted extraction never looks finished. Archives are
+untrusted: members escaping the target (absolute paths, ``..``, links pointing out) are
+refused (``tarfile``'s ``data`` filter plus a name check; the same checks for zip).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from hdmnet_core.data.source import DataError
@@ -264,6 +268,10 @@ def extract_archive(archive: str | os.PathLike[str], destination: str | os.PathL
     """Unpack a ``.tar``/``.tgz``/``.tar.gz``/``.zip`` into ``destination`` (created whole).
 
     If ``destination`` exists it is taken as complete (it only ever appears by rename).
+    An archive is untrusted input: a member that would land outside ``destination``
+    (absolute path, a ``..`` part, a link pointing out of the tree, a device file; zip: any
+    symlink entry) is a :class:`DataError` naming the archive and the member, nothing is
+    written outside, and the half-extracted folder is removed.
     """
     archive, destination = Path(archive), Path(destination)
     if destination.is_dir():
@@ -277,12 +285,15 @@ def extract_archive(archive: str | os.PathLike[str], destination: str | os.PathL
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as bundle:
-                bundle.extractall(partial)
+                _extract_zip(bundle, archive, partial)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as bundle:
-                bundle.extractall(partial, filter="data")
+                bundle.extractall(partial, filter=_tar_member_filter(archive))
         else:
             raise DataError(f"{archive}: not a tar or zip archive (truncated or wrong file?)")
+    except tarfile.FilterError as error:  # the "data" filter: links out, special files
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _refused(archive, error.tarinfo.name, str(error)) from error
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
         shutil.rmtree(partial, ignore_errors=True)
         raise DataError(f"{archive}: cannot be extracted ({error})") from error
@@ -291,3 +302,46 @@ def extract_archive(archive: str | os.PathLike[str], destination: str | os.PathL
         raise
     os.replace(partial, destination)
     return destination
+
+
+def _refused(archive: Path, member: str, reason: str) -> DataError:
+    return DataError(
+        f"{archive}: refused to extract member {member!r}: {reason}; the archive is not "
+        "trusted (nothing was kept from it): download it again from the official source"
+    )
+
+
+def unsafe_member_reason(name: str) -> str | None:
+    """Why an archive member name would leave the target folder (``None``: it stays in)."""
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        return "absolute path"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "its path has a '..' part"
+    return None
+
+
+def _tar_member_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
+    """``tarfile``'s ``data`` filter, refusing absolute and ``..`` names first (the data
+    filter itself would silently strip a leading ``/``)."""
+
+    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        reason = unsafe_member_reason(member.name)
+        if reason is not None:
+            raise _refused(archive, member.name, reason)
+        return tarfile.data_filter(member, path)
+
+    return check
+
+
+def _extract_zip(bundle: zipfile.ZipFile, archive: Path, target: Path) -> None:
+    """Check every member of ``bundle`` (name, normalised path, symlink flag), then extract."""
+    root = target.resolve()
+    for info in bundle.infolist():
+        reason = unsafe_member_reason(info.filename)
+        if reason is None and stat.S_ISLNK(info.external_attr >> 16):
+            reason = "a symbolic link (zip links are refused)"
+        if reason is None and not (root / info.filename).resolve().is_relative_to(root):
+            reason = "its path leaves the target folder"
+        if reason is not None:
+            raise _refused(archive, info.filename, reason)
+    bundle.extractall(target)
