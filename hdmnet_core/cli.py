@@ -116,13 +116,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def error_text(error: BaseException) -> str:
+    """The message of an expected error. One raised in a ``DataLoader`` worker arrives
+    re-raised by torch with the worker's whole traceback in its message: keep only the
+    original message (after the traceback's last ``module.Class:``)."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        kind = type(error)
+        marker = f"{kind.__module__}.{kind.__qualname__}: "
+        at = text.rfind(marker)
+        if at >= 0:
+            return text[at + len(marker) :].strip()
+    return text
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Call ``args.func``; expected errors become one line and exit code 2."""
     try:
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as error:
         # Expected user errors: one clear line naming the file or key, no traceback.
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_text(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -25,6 +25,7 @@ part is read from the cache instead of being recomputed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -53,8 +54,10 @@ from hdmnet_core.engine.feature_cache import (
     evaluation_model,
     resize_mask,
 )
+from hdmnet_core.engine.memory import out_of_memory_named
 from hdmnet_core.metrics import BaseLearnerMeter, SegmentationMeter, aggregate_seeds
 from hdmnet_core.model.hdmnet import HDMNet, HDMNetOutput
+from hdmnet_core.runlock import output_folder_lock
 
 OUTPUTS: tuple[str, ...] = ("final", "meta", "base")
 """Scored outputs: ensemble, meta learner, frozen base learner (official mIoU_f/_m/_b)."""
@@ -157,7 +160,11 @@ def evaluate_episodes(
     else:
         loader = _loader(_Subset(dataset, indices), batch_size, num_workers, device)
     bar = tqdm(loader, desc=f"seed {dataset.seed}", unit="batch", disable=not progress)
-    with torch.no_grad(), autocast(device, amp):
+    with (
+        torch.no_grad(),
+        autocast(device, amp),
+        evaluation_out_of_memory(dataset, batch_size, amp, device, feature_cache is not None),
+    ):
         for batch in bar:
             if feature_cache is not None:
                 out = cached_forward(runner, feature_cache, batch, device)
@@ -177,6 +184,29 @@ def evaluate_episodes(
     episodes = int(final.class_episodes.sum())
     return EpisodeScores(
         final, meta, base, dataset.seed, episodes, seconds, feature_cache is not None
+    )
+
+
+def evaluation_out_of_memory(
+    dataset: EpisodeDataset, batch_size: int, amp: str, device: torch.device, cached: bool
+) -> contextlib.AbstractContextManager[None]:
+    """Names the episode batch, image size and precision of an evaluation forward that
+    runs out of memory, and the flags that lower it."""
+    size = getattr(dataset.transform, "size", "?")
+    remedies = []
+    if batch_size > 1:
+        remedies.append(f"--set eval.batch_size={max(batch_size // 2, 1)} (now {batch_size})")
+    if amp == "off":
+        remedies.append("--amp bf16")
+    if cached:
+        remedies.append("--set eval.cache_storage=disk (the feature cache off the GPU)")
+    remedies.append("--device cpu (slow, but RAM is larger)")
+    return out_of_memory_named(
+        f"evaluation of seed {dataset.seed}",
+        device,
+        f"batch {batch_size} episode(s) of {dataset.shots} shot(s), image size {size} x {size}, "
+        f"amp {amp}",
+        remedies,
     )
 
 
@@ -713,6 +743,18 @@ def run_cli(args: argparse.Namespace) -> int:
     missing = [path for path in dict.fromkeys(paths) if not Path(path).is_file()]
     if missing:  # before any evaluation starts
         raise FileNotFoundError(f"checkpoint(s) {', '.join(missing)} do not exist")
+    with output_folder_lock(out_dir):  # a second run into out_dir is refused
+        return evaluate_checkpoints(args, folds, overrides, device, out_dir)
+
+
+def evaluate_checkpoints(
+    args: argparse.Namespace,
+    folds: Sequence[int | None],
+    overrides: dict[str, Any],
+    device: torch.device,
+    out_dir: Path,
+) -> int:
+    """The protocol of every fold and shot count of ``args`` into ``out_dir``."""
     results: list[ProtocolResult] = []
     for fold in folds:
         for shots in args.shots or [None]:

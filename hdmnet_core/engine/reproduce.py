@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import json
 import os
 import platform
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from hdmnet_core.atomic import atomic_write_json, atomic_write_text
-from hdmnet_core.config import PROFILES, Config, parse_overrides
+from hdmnet_core.config import PROFILES, Config, ConfigError, parse_overrides
+from hdmnet_core.runlock import output_folder_lock
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -47,6 +49,9 @@ NOTEBOOKS: tuple[str, ...] = (
 )
 
 RESULTS_SUBDIR = "results"
+
+RUNNER_PARAMETERS: tuple[str, ...] = ("profile", "data_root", "output_dir", "overrides")
+"""The papermill parameters the runner itself passes to every notebook."""
 
 
 @dataclass
@@ -92,6 +97,52 @@ def read_results(output_dir: Path, notebook: str) -> list[dict[str, Any]]:
     return records
 
 
+def notebook_parameters(notebooks: tuple[str, ...]) -> dict[str, list[str]]:
+    """The papermill parameters each notebook's ``parameters`` cell declares, in order."""
+    import papermill
+
+    return {nb: list(papermill.inspect_notebook(str(NOTEBOOK_DIR / nb))) for nb in notebooks}
+
+
+def close_matches(name: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for a mistyped ``name``, else ``""``."""
+    found = difflib.get_close_matches(name, choices, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, found))}?)" if found else ""
+
+
+def parameters_per_notebook(
+    declared: dict[str, list[str]], extra: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The ``--param`` values each notebook receives: those its parameters cell declares.
+
+    A name no notebook of the run declares, or one the runner sets itself, is a
+    :class:`ConfigError` listing the valid names (with a close match when there is one);
+    so is a notebook without one of :data:`RUNNER_PARAMETERS`."""
+    for notebook, names in declared.items():
+        lacking = [name for name in RUNNER_PARAMETERS if name not in names]
+        if lacking:
+            raise ConfigError(
+                f"{NOTEBOOK_DIR / notebook}: its parameters cell lacks {lacking}, which the "
+                "runner passes; add them to the cell tagged 'parameters'"
+            )
+    valid = sorted({name for names in declared.values() for name in names} - set(RUNNER_PARAMETERS))
+    for name in extra:
+        if name in RUNNER_PARAMETERS:
+            flag = "--set" if name == "overrides" else f"--{name.replace('_', '-')}"
+            raise ConfigError(
+                f"--param {name}: the runner sets {name!r} itself; use {flag} instead"
+            )
+        if name not in valid:
+            raise ConfigError(
+                f"--param {name}: no notebook of this run has a parameter {name!r}"
+                f"{close_matches(name, valid)}; valid names: {', '.join(valid)}"
+            )
+    return {
+        notebook: {k: v for k, v in extra.items() if k in names}
+        for notebook, names in declared.items()
+    }
+
+
 def run_notebooks(
     profile: str,
     data_root: str,
@@ -100,8 +151,12 @@ def run_notebooks(
     overrides: dict[str, Any] | None = None,
     run_name: str | None = None,
     log_output: bool = False,
+    parameters: dict[str, Any] | None = None,
 ) -> Path:
-    """Execute ``notebooks`` in order into a new run folder; return that folder."""
+    """Execute ``notebooks`` in order into a new run folder; return that folder.
+
+    ``parameters``: further papermill parameters (``--param NAME=VALUE``), each given to
+    the notebooks whose parameters cell declares it; an unknown name is refused."""
     import papermill  # local import: only this command needs it
 
     overrides = dict(overrides or {})
@@ -109,6 +164,7 @@ def run_notebooks(
     missing = [nb for nb in notebooks if not (NOTEBOOK_DIR / nb).exists()]
     if missing:
         raise FileNotFoundError(f"notebook(s) not found in {NOTEBOOK_DIR}: {missing}")
+    extra = parameters_per_notebook(notebook_parameters(notebooks), dict(parameters or {}))
 
     run_name = run_name or dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out_root.resolve() / run_name  # absolute: the notebooks run in notebooks/
@@ -118,28 +174,45 @@ def run_notebooks(
     data_root_abs = str(Path(data_root).resolve())
 
     runs: list[NotebookRun] = []
-    for notebook in notebooks:
-        print(f"[reproduce] {notebook} (profile {profile}) ...", flush=True)
-        start = time.perf_counter()
-        papermill.execute_notebook(
-            str(NOTEBOOK_DIR / notebook),
-            str(run_dir / notebook),
-            parameters={
-                "profile": profile,
-                "data_root": data_root_abs,
-                "output_dir": str(run_dir),
-                "overrides": overrides,
-            },
-            cwd=str(NOTEBOOK_DIR),
-            log_output=log_output,
-            progress_bar=False,
-        )
-        seconds = time.perf_counter() - start
-        runs.append(NotebookRun(notebook, seconds, notebook, read_results(run_dir, notebook)))
-        print(f"[reproduce] {notebook} done in {seconds:.1f} s", flush=True)
+    with output_folder_lock(run_dir):
+        for notebook in notebooks:
+            print(f"[reproduce] {notebook} (profile {profile}) ...", flush=True)
+            start = time.perf_counter()
+            papermill.execute_notebook(
+                str(NOTEBOOK_DIR / notebook),
+                str(run_dir / notebook),
+                parameters={
+                    "profile": profile,
+                    "data_root": data_root_abs,
+                    "output_dir": str(run_dir),
+                    "overrides": overrides,
+                    **extra[notebook],
+                },
+                cwd=str(NOTEBOOK_DIR),
+                log_output=log_output,
+                progress_bar=False,
+            )
+            seconds = time.perf_counter() - start
+            runs.append(NotebookRun(notebook, seconds, notebook, read_results(run_dir, notebook)))
+            print(f"[reproduce] {notebook} done in {seconds:.1f} s", flush=True)
 
-    write_summary(run_dir, profile, data_root_abs, overrides, runs)
+        write_summary(run_dir, profile, data_root_abs, overrides, runs)
     return run_dir
+
+
+def parse_parameters(pairs: list[str]) -> dict[str, Any]:
+    """``["steps=5", "device=cpu"]`` (``--param NAME=VALUE``) -> dict, values as JSON when
+    they parse (numbers, booleans, null, lists), else strings."""
+    parameters: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--param {pair!r}: expected NAME=VALUE, e.g. steps=20")
+        try:
+            parameters[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            parameters[name] = raw
+    return parameters
 
 
 def write_summary(
@@ -231,6 +304,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="config override",
     )
+    parser.add_argument(
+        "--param",
+        "-p",
+        dest="parameters",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a papermill parameter of the notebooks that declare it (e.g. steps=20, "
+        "course=short; docs/notebooks.md lists them); an unknown name is refused",
+    )
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     chain = parser.add_argument_group(
         "headless chain (instead of the notebooks): base -> meta -> evaluation per fold and shots"
@@ -250,6 +333,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     if args.folds is not None or args.shots is not None:
+        if args.parameters:
+            raise ConfigError("--param is for the notebooks; the chain (--folds/--shots) has none")
         return _main_chain(args)
     run_dir = run_notebooks(
         profile=args.profile,
@@ -259,6 +344,7 @@ def _main(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides),
         run_name=args.run_name,
         log_output=args.log_output,
+        parameters=parse_parameters(args.parameters),
     )
     print(f"[reproduce] executed notebooks and results in {run_dir}")
     print((run_dir / "results.md").read_text())
@@ -274,7 +360,8 @@ def _main_chain(args: argparse.Namespace) -> int:
     folds = args.folds if args.folds is not None else [config.data.fold]
     shots = args.shots if args.shots is not None else [config.data.shots]
     out_dir = Path(args.out) / (args.run_name or f"chain-{args.profile}")
-    chain = reproduce_chain(config, out_dir, folds, shots, args.protocol)
+    with output_folder_lock(out_dir):  # a second chain into out_dir is refused
+        chain = reproduce_chain(config, out_dir, folds, shots, args.protocol)
     print(chain.table())
     print(f"[reproduce] results in {out_dir / 'results.md'} and results.json")
     return 0

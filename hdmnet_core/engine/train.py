@@ -55,11 +55,13 @@ from hdmnet_core.engine.distributed import (
     setup,
 )
 from hdmnet_core.engine.logging import TrainingLog, peak_memory_mb, progress_wanted
+from hdmnet_core.engine.memory import out_of_memory_named
 from hdmnet_core.errors import UserError
 from hdmnet_core.model.convert import ConversionError, read_weights_file
 from hdmnet_core.model.hdmnet import HDMNet
 from hdmnet_core.model.losses import IGNORE_INDEX
 from hdmnet_core.model.pspnet import PSPNet
+from hdmnet_core.runlock import output_folder_lock
 
 LossFn = Callable[[nn.Module, Mapping[str, Any], torch.device], dict[str, torch.Tensor]]
 ValidateFn = Callable[[nn.Module], dict[str, float]]
@@ -256,7 +258,8 @@ def fit(
             if batches is None:
                 sampler.position(state.epoch, state.batch_in_epoch)
                 batches = iter(loader)
-            terms = train_step(job, trained, batches, state.step, process, scaler, last_path)
+            with training_out_of_memory(job, state.step, micro, device):
+                terms = train_step(job, trained, batches, state.step, process, scaler, last_path)
             scheduler.step()
             state.step += 1
             state.batch_in_epoch += 1
@@ -341,6 +344,32 @@ def train_step(
     scaler.update()
     job.optimizer.zero_grad(set_to_none=True)
     return mean_over_processes(sums, device)
+
+
+def training_out_of_memory(
+    job: StageJob, step: int, micro: int, device: torch.device
+) -> contextlib.AbstractContextManager[None]:
+    """Names the batch, image size and precision of a step that runs out of memory, and
+    the flags that lower it (:class:`~hdmnet_core.engine.memory.OutOfMemory`)."""
+    t = job.config.train
+    size = t.base_learner_crop if job.stage == "base" else job.config.data.train_size
+    remedies = [
+        f"--set {job.batch_key}={max(job.global_batch // 2, 1)} (global batch, now "
+        f"{job.global_batch})",
+        f"--grad-accum {t.grad_accum * 2} (the same global batch in smaller micro-batches, "
+        f"now {micro} {job.item_name} each)",
+    ]
+    if t.amp == "off":
+        remedies.append("--amp bf16 (or fp16 on GPUs without bf16)")
+    size_key = "train.base_learner_crop" if job.stage == "base" else "data.train_size"
+    remedies.append(f"--set {size_key}=... (image size, now {size})")
+    return out_of_memory_named(
+        f"{job.stage} training step {step + 1}",
+        device,
+        f"global batch {job.global_batch}, micro-batch {micro}, image size {size} x {size}, "
+        f"amp {t.amp}",
+        remedies,
+    )
 
 
 def mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -926,10 +955,16 @@ def _main(args: argparse.Namespace) -> int:
         f"base-fold{d.fold}" if args.stage == "base" else f"meta-fold{d.fold}-{d.shots}shot"
     )
     run_dir = Path(args.out or Path("runs") / "train" / default_name)
-    if args.stage == "base":
-        result = train_base(config, run_dir, resume=args.resume)
-    else:
-        result = train_meta(config, run_dir, args.base_ckpt, resume=args.resume)
+    with output_folder_lock(run_dir):  # a second run into run_dir is refused
+        if not args.resume and (run_dir / "last.pt").exists():
+            raise ckpt.CheckpointError(
+                f"{run_dir / 'last.pt'}: this folder holds a run already; pass --resume to "
+                "continue it, or give a new run another --out (nothing was changed)"
+            )
+        if args.stage == "base":
+            result = train_base(config, run_dir, resume=args.resume)
+        else:
+            result = train_meta(config, run_dir, args.base_ckpt, resume=args.resume)
     if result.progress.step and ckpt_is_main():
         print(json.dumps(result.summary() | {"history": result.progress.history[-3:]}, indent=2))
     return 0
