@@ -14,10 +14,17 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from hdmnet_core import cli
 from hdmnet_core.data.download import extract_archive
 from hdmnet_core.data.source import DataError
+from hdmnet_core.engine import checkpoint as ckpt
+from hdmnet_core.errors import UserError
+from hdmnet_core.model import convert
 
 
 # ------------------------------------------------------------------------ archives
@@ -131,3 +138,83 @@ def test_zip_members_escaping_the_target_are_refused(
         extract_archive(archive, target)
     assert not outside.exists() and not (tmp_path / outside.name).exists()
     assert not target.exists() and not (work / ".raw.partial").exists()
+
+
+# ------------------------------------------------------------------ pickled code
+class RunsCodeWhenUnpickled:
+    """Unpickling this calls ``open(marker, "w")``: the file appears if code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def hostile_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """A ``.pt`` shaped like a workspace checkpoint whose pickle would create ``marker``."""
+    marker = tmp_path / "code-ran.txt"
+    path = tmp_path / "hostile.pt"
+    payload = {
+        "format": ckpt.CHECKPOINT_FORMAT,
+        "version": ckpt.CHECKPOINT_VERSION,
+        "model": {"weight": torch.zeros(2)},
+        "hook": RunsCodeWhenUnpickled(marker),
+    }
+    torch.save(payload, path)
+    assert not marker.exists()
+    return path, marker
+
+
+def test_package_loads_every_checkpoint_weights_only() -> None:
+    package = Path(__file__).resolve().parents[1] / "hdmnet_core"
+    calls = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "torch.load(" in line and "weights_only=True" not in line and "``" not in line
+    ]
+    assert not calls, f"torch.load without weights_only=True: {calls}"
+    assert "pickle.load" not in "".join(p.read_text() for p in package.rglob("*.py"))
+
+
+def test_checkpoint_reading_refuses_pickled_code(hostile_checkpoint: tuple[Path, Path]) -> None:
+    path, marker = hostile_checkpoint
+    with pytest.raises(UserError, match=r"hostile\.pt: not a readable checkpoint .*weights-only"):
+        ckpt.read_checkpoint(path)
+    with pytest.raises(UserError, match=r"hostile\.pt: not a readable checkpoint"):
+        ckpt.load_trained_model(path)
+    assert not marker.exists()
+
+
+def test_converter_refuses_pickled_code(hostile_checkpoint: tuple[Path, Path]) -> None:
+    path, marker = hostile_checkpoint
+    with pytest.raises(UserError, match=r"hostile\.pt: not a readable PyTorch checkpoint"):
+        convert.load_file(path)
+    with pytest.raises(UserError, match=r"hostile\.pt: not a readable PyTorch checkpoint"):
+        convert.read_weights_file(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "convert-checkpoint"])
+def test_cli_refuses_pickled_code_with_exit_2(
+    hostile_checkpoint: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    path, marker = hostile_checkpoint
+    picture = tmp_path / "image.png"
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(picture)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(mask)
+    out = tmp_path / "out.png"
+    if command == "predict":
+        argv = ["predict", "--ckpt", str(path), "--support", str(picture), "--support-mask",
+                str(mask), "--query", str(picture), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    else:
+        argv = ["convert-checkpoint", str(path), str(out), "--kind", "hdmnet"]
+    assert cli.main(argv) == 2
+    assert "hostile.pt: not a readable" in capsys.readouterr().err
+    assert not marker.exists() and not out.exists()

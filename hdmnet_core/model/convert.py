@@ -42,6 +42,7 @@ from torch import nn
 
 from hdmnet_core.atomic import atomic_write
 from hdmnet_core.config import BackboneName, ModelConfig
+from hdmnet_core.errors import UserError
 from hdmnet_core.model.backbone import VGG16_SPLITS, build_backbone
 from hdmnet_core.model.hdmnet import HDMNet
 from hdmnet_core.model.pspnet import PSPNet
@@ -67,7 +68,7 @@ TARGET_OF_KIND: dict[str, Target] = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint cannot be read, recognised or converted; the message names the file."""
 
 
