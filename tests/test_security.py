@@ -8,6 +8,7 @@ names point outside the dataset root.
 from __future__ import annotations
 
 import io
+import json
 import re
 import stat
 import tarfile
@@ -18,10 +19,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data_coco import make_coco
+from test_data_pascal import make_inputs
 
 from hdmnet_core import cli
+from hdmnet_core.data.coco import prepare_coco
 from hdmnet_core.data.download import extract_archive
-from hdmnet_core.data.source import DataError
+from hdmnet_core.data.pascal import PascalSource, prepare_pascal
+from hdmnet_core.data.source import DataError, safe_join
 from hdmnet_core.engine import checkpoint as ckpt
 from hdmnet_core.errors import UserError
 from hdmnet_core.model import convert
@@ -218,3 +223,107 @@ def test_cli_refuses_pickled_code_with_exit_2(
     assert cli.main(argv) == 2
     assert "hostile.pt: not a readable" in capsys.readouterr().err
     assert not marker.exists() and not out.exists()
+
+
+# ------------------------------------------------------------ names read from files
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("../../etc/passwd", "'..' part"),
+        ("masks/../../../etc/passwd", "'..' part"),
+        ("/etc/passwd", "absolute path"),
+        ("", "empty name"),
+    ],
+)
+def test_safe_join_refuses_names_leaving_the_root(tmp_path: Path, name: str, reason: str) -> None:
+    with pytest.raises(DataError, match=rf"list\.txt:3: name .* outside .*{re.escape(reason)}"):
+        safe_join(tmp_path, name, "list.txt:3")
+    assert safe_join(tmp_path, "masks/a.png", "list.txt:3") == tmp_path / "masks" / "a.png"
+
+
+def test_safe_join_refuses_a_symlink_in_the_tree_pointing_out(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "masks").mkdir(parents=True)
+    outside.mkdir()
+    (root / "masks" / "out").symlink_to(outside, target_is_directory=True)
+    (root / "masks" / "in").symlink_to(root / "masks", target_is_directory=True)
+    with pytest.raises(DataError, match=r"index\.json: name 'masks/out/a\.png' .*symbolic link"):
+        safe_join(root, "masks/out/a.png", "index.json")
+    assert safe_join(root, "masks/in/a.png", "index.json") == root / "masks" / "in" / "a.png"
+
+
+def prepared_pascal(tmp_path: Path) -> Path:
+    voc, sbd = make_inputs(tmp_path)
+    prepare_pascal(tmp_path / "data", voc=str(voc), sbd=str(sbd), progress=False)
+    return tmp_path / "data" / "pascal"
+
+
+def test_a_hostile_voc_list_line_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    voc, sbd = make_inputs(tmp_path)
+    listing = voc / "ImageSets" / "Segmentation" / "train.txt"
+    listing.write_text(listing.read_text() + "../../../../etc/passwd\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(listing))}:3: image name"):
+        prepare_pascal(tmp_path / "data", voc=str(voc), sbd=str(sbd), progress=False)
+    assert not (tmp_path / "data" / "pascal" / "prepared.json").exists()
+
+
+@pytest.mark.parametrize("column", ["images", "masks"])
+def test_a_prepared_index_pointing_outside_the_dataset_is_refused(
+    tmp_path: Path, column: str
+) -> None:
+    folder = prepared_pascal(tmp_path)
+    index_path = folder / "index" / "val.json"
+    index = json.loads(index_path.read_text())
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes((folder / index["masks"][0]).read_bytes())
+    for hostile in ("../../outside.jpg", str(outside), "/etc/passwd"):
+        index[column][0] = hostile
+        index_path.write_text(json.dumps(index))
+        source = PascalSource(tmp_path / "data", "val")
+        load = source.load_image if column == "images" else source.load_mask
+        with pytest.raises(DataError, match=rf"val\.json: .*{re.escape(hostile)}.* outside"):
+            load(0)
+
+
+def test_a_symlinked_mask_pointing_out_of_the_tree_is_refused(tmp_path: Path) -> None:
+    folder = prepared_pascal(tmp_path)
+    source = PascalSource(tmp_path / "data", "val")
+    mask = source.mask_path(0)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(mask.read_bytes())
+    mask.unlink()
+    mask.symlink_to(outside)
+    with pytest.raises(DataError, match=r"val\.json: name 'masks/.*symbolic link"):
+        source.load_mask(0)
+    assert folder.is_dir()
+
+
+def test_a_hostile_prepared_files_record_never_deletes_outside_the_tree(tmp_path: Path) -> None:
+    folder = prepared_pascal(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    record = folder / "prepared_files.txt"
+    lines = record.read_text().splitlines()
+    record.write_text("\n".join([*lines, "../../victim.txt"]) + "\n")
+    voc, sbd = tmp_path / "in" / "VOCdevkit" / "VOC2012", tmp_path / "in" / "benchmark_RELEASE"
+    with pytest.raises(DataError, match=rf"prepared_files\.txt:{len(lines) + 1}: name '\.\./"):
+        prepare_pascal(
+            tmp_path / "data", voc=str(voc), sbd=str(sbd), train_set="trainaug", progress=False
+        )
+    assert victim.read_text() == "the user's file"
+    assert (folder / "prepared.json").is_file()  # refused before anything moved
+    record.write_text("\n".join([*lines, "raw/victim.txt"]) + "\n")
+    with pytest.raises(DataError, match=r"prepared_files\.txt:\d+: 'raw/victim\.txt' is not under"):
+        prepare_pascal(
+            tmp_path / "data", voc=str(voc), sbd=str(sbd), train_set="trainaug", progress=False
+        )
+
+
+def test_a_hostile_coco_file_name_is_refused_naming_the_annotation_file(tmp_path: Path) -> None:
+    base = make_coco(tmp_path)
+    annotations = base / "annotations" / "instances_val2014.json"
+    content = json.loads(annotations.read_text())
+    content["images"][0]["file_name"] = "../../../outside.jpg"
+    annotations.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=r"instances_val2014\.json image 7: name '\.\./"):
+        prepare_coco(tmp_path / "data", coco=str(base), progress=False)

@@ -47,7 +47,7 @@ from hdmnet_core.data.prepared import (
     staged_mask,
     write_png,
 )
-from hdmnet_core.data.source import DataError, compute_class_areas
+from hdmnet_core.data.source import DataError, compute_class_areas, safe_join
 from hdmnet_core.data.splits import COCO_CATEGORY_IDS
 from hdmnet_core.data.staging import (
     ConvertResult,
@@ -264,7 +264,7 @@ def _plan_split(
     for record in sorted(instances["images"], key=lambda r: r["file_name"]):
         if not objects.get(record["id"]):
             continue
-        image = images_dir / record["file_name"]
+        image = safe_join(images_dir, str(record["file_name"]), f"{json_path} image {record['id']}")
         if not image.is_file():
             problems.append(f"{image}: image of annotated entry {record['id']} is missing")
         name = Path(record["file_name"]).stem

@@ -28,10 +28,10 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
-from hdmnet_core.data.source import DataError
+from hdmnet_core.data.source import DataError, name_problem
 
 CHUNK_BYTES = 1 << 20
 
@@ -311,21 +311,12 @@ def _refused(archive: Path, member: str, reason: str) -> DataError:
     )
 
 
-def unsafe_member_reason(name: str) -> str | None:
-    """Why an archive member name would leave the target folder (``None``: it stays in)."""
-    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
-        return "absolute path"
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "its path has a '..' part"
-    return None
-
-
 def _tar_member_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
     """``tarfile``'s ``data`` filter, refusing absolute and ``..`` names first (the data
     filter itself would silently strip a leading ``/``)."""
 
     def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        reason = unsafe_member_reason(member.name)
+        reason = name_problem(member.name)
         if reason is not None:
             raise _refused(archive, member.name, reason)
         return tarfile.data_filter(member, path)
@@ -337,7 +328,7 @@ def _extract_zip(bundle: zipfile.ZipFile, archive: Path, target: Path) -> None:
     """Check every member of ``bundle`` (name, normalised path, symlink flag), then extract."""
     root = target.resolve()
     for info in bundle.infolist():
-        reason = unsafe_member_reason(info.filename)
+        reason = name_problem(info.filename)
         if reason is None and stat.S_ISLNK(info.external_attr >> 16):
             reason = "a symbolic link (zip links are refused)"
         if reason is None and not (root / info.filename).resolve().is_relative_to(root):

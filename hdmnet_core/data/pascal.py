@@ -47,7 +47,7 @@ from hdmnet_core.data.prepared import (
     staged_mask,
     write_png,
 )
-from hdmnet_core.data.source import DataError, compute_class_areas
+from hdmnet_core.data.source import DataError, compute_class_areas, name_problem
 from hdmnet_core.data.staging import (
     ConvertResult,
     FoldList,
@@ -98,8 +98,15 @@ def read_name_list(path: Path) -> list[str]:
     """Image names, one per line (blank lines skipped); :class:`DataError` if missing/empty."""
     if not path.is_file():
         raise DataError(f"{path}: list file is missing")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [name for name in names if name]
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [name for name in lines if name]
+    for number, name in enumerate(lines, 1):
+        problem = name_problem(name) if name else None
+        if problem is not None or (name and "/" in name):
+            raise DataError(
+                f"{path}:{number}: image name {name!r} is not a plain file name "
+                f"({problem or 'it has a folder part'}); the list file is not trusted"
+            )
     if not names:
         raise DataError(f"{path}: list file is empty")
     return names

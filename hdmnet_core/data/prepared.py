@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from hdmnet_core.atomic import atomic_write, atomic_write_text
-from hdmnet_core.data.source import DataError
+from hdmnet_core.data.source import DataError, safe_join
 
 FORMAT_VERSION = 1
 """Bump when the prepared layout changes: older trees are then refused with a message.
@@ -58,6 +58,8 @@ MIN_PAIR_AREA = 2 * 32 * 32
 """Official usable-pair rule (BAM ``make_dataset``): a class must cover >= 2048 pixels."""
 DATASETS: tuple[str, ...] = ("pascal", "coco", "fss1000")
 SOURCE_DIGEST_KEY = "hdmnet-source-digest"
+SOURCE_TREE_OPTIONS: tuple[str, ...] = ("voc", "sbd", "coco", "fss")
+"""Marker options naming a source tree that an index may point into."""
 """PNG text chunk of a converted mask: the digest of the annotation it was made from."""
 
 MaskKind = Literal["class_png", "binary_png"]
@@ -397,6 +399,15 @@ def read_split_index(folder: Path, dataset: str, split: str) -> SplitIndex:
     return index
 
 
+def recorded_source_roots(marker: dict[str, Any]) -> list[Path]:
+    """The source trees (``--voc``, ``--sbd``, ``--coco``, ``--fss``) prepare read from,
+    resolved: the only places outside the dataset folder an index may point to."""
+    options = marker.get("options", {})
+    given = [options.get(key) for key in SOURCE_TREE_OPTIONS] if isinstance(options, dict) else []
+    roots = [Path(value).resolve() for value in given if isinstance(value, str) and value]
+    return [root for root in roots if root != Path(root.anchor)]  # never a whole disk
+
+
 # ----------------------------------------------------------------------------- reader
 def decode_mask(
     file: Path | IO[bytes], where: str | Path, entry: IndexEntry, mask_kind: str, num_classes: int
@@ -442,6 +453,7 @@ class PreparedSource:
         self.name = f"{dataset}/{split}"
         self._index = read_split_index(self.folder, dataset, split)
         self._entries = self._index.entries
+        self._source_roots = recorded_source_roots(read_marker(self.folder, dataset))
 
     @property
     def index(self) -> SplitIndex:
@@ -457,7 +469,18 @@ class PreparedSource:
         return self._entries[index]
 
     def _path(self, relative: str) -> Path:
-        return self.folder / relative  # an absolute ``relative`` stays absolute
+        """An index path: inside the dataset folder, or (absolute) inside a source tree
+        that prepare recorded in its marker; anything else is a :class:`DataError`."""
+        where = f"{self.folder / 'index' / self.split}.json"
+        if not Path(relative).is_absolute():
+            return safe_join(self.folder, relative, where)
+        path = Path(relative)
+        if not any(path.resolve().is_relative_to(root) for root in self._source_roots):
+            raise DataError(
+                f"{where}: absolute path {relative!r} is outside {self.folder} and outside the "
+                f"source trees recorded in {self.folder / MARKER}; prepare the data again"
+            )
+        return path
 
     def image_name(self, index: int) -> str:
         return self._entry(index).name

@@ -16,6 +16,8 @@ Conventions (reference section 1):
 
 from __future__ import annotations
 
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -58,3 +60,32 @@ def compute_class_areas(mask: np.ndarray) -> dict[int, int]:
     """``{class_id: pixels}`` for the foreground classes of a class-index mask."""
     values, counts = np.unique(mask, return_counts=True)
     return {int(v): int(c) for v, c in zip(values, counts, strict=True) if v not in (0, 255)}
+
+
+def name_problem(name: str) -> str | None:
+    """Why a name read from a file (list line, annotation, manifest, archive member)
+    cannot be a path inside a folder: empty, absolute, or with a ``..`` part (else None)."""
+    if not name or "\x00" in name:
+        return "empty name or a NUL byte"
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        return "absolute path"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "its path has a '..' part"
+    return None
+
+
+def safe_join(root: str | os.PathLike[str], name: str, where: str) -> Path:
+    """``root / name`` for a ``name`` read from an untrusted file named by ``where`` (e.g.
+    ``"lists/train.txt:12"``): :class:`DataError` when it would address a file outside
+    ``root`` (absolute, ``..``, or a symbolic link in the tree that leads out)."""
+    root = Path(root)
+    path = root / name
+    problem = name_problem(name)
+    if problem is None and not path.resolve().is_relative_to(root.resolve()):
+        problem = "a symbolic link on its way leads out of the folder"
+    if problem is not None:
+        raise DataError(
+            f"{where}: name {name!r} would address a file outside {root} ({problem}); "
+            "the file is not trusted: prepare the data again from the official source"
+        )
+    return path

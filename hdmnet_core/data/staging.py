@@ -40,7 +40,7 @@ from hdmnet_core.data.prepared import (
     relative_path,
     write_split_index,
 )
-from hdmnet_core.data.source import DataError
+from hdmnet_core.data.source import DataError, name_problem, safe_join
 
 STAGING = ".staging"
 RECORD = "prepared_files.txt"
@@ -91,8 +91,23 @@ def project_files(folder: Path) -> set[str]:
     tree prepared before the record existed, rebuilt from its marker and index)."""
     record = folder / RECORD
     if record.is_file():
-        return {line for line in record.read_text(encoding="utf-8").splitlines() if line}
+        lines = record.read_text(encoding="utf-8").splitlines()
+        return {
+            _recorded_file(folder, line, f"{record}:{n}") for n, line in enumerate(lines, 1) if line
+        }
     return _files_of_unrecorded_tree(folder)
+
+
+def _recorded_file(folder: Path, line: str, where: str) -> str:
+    """One line of :data:`RECORD`: a file under one of :data:`PARTS` of ``folder`` (these
+    files may be deleted, so a name leading anywhere else is a :class:`DataError`)."""
+    safe_join(folder, line, where)
+    if line.split("/", 1)[0] not in PARTS:
+        raise DataError(
+            f"{where}: {line!r} is not under {', '.join(PARTS)}; {RECORD} lists only files "
+            f"prepare wrote there (remove {folder / RECORD} if it was edited by hand)"
+        )
+    return line
 
 
 def _files_of_unrecorded_tree(folder: Path) -> set[str]:
@@ -106,7 +121,11 @@ def _files_of_unrecorded_tree(folder: Path) -> set[str]:
         files |= {f"index/{split}.json", f"lists/{split}.txt"}
         try:
             index = json.loads((folder / "index" / f"{split}.json").read_text(encoding="utf-8"))
-            files |= {m for m in index.get("masks", []) if m.startswith("masks/")}
+            files |= {
+                m
+                for m in index.get("masks", [])
+                if m.startswith("masks/") and name_problem(m) is None
+            }
         except (OSError, ValueError, AttributeError):
             pass
     if (folder / "lists").is_dir():
