@@ -180,7 +180,12 @@ class TrainTransform:
             ]
         if params.blur:
             sigma = 0.3 * ((self.blur_kernel - 1) * 0.5 - 1) + 0.8  # cv2's sigma for sigma=0
-            image = F.gaussian_blur(image, [self.blur_kernel] * 2, [sigma, sigma])
+            h, w = image.shape[-2:]
+            kernel = [
+                blur_kernel_within(self.blur_kernel, w),
+                blur_kernel_within(self.blur_kernel, h),
+            ]
+            image = F.gaussian_blur(image, kernel, [sigma, sigma])  # kernel and sigma: (x, y)
         if params.flip:
             image = F.horizontal_flip(image)
             masks = [F.horizontal_flip(m) for m in masks]
@@ -192,6 +197,13 @@ class TrainTransform:
         image_t, masks_t = to_tv_tensors(image, masks)
         image_out, masks_out = self.apply(image_t, masks_t, self.draw(rng))
         return _finish(image_out, masks_out)
+
+
+def blur_kernel_within(kernel: int, side: int) -> int:
+    """The blur kernel along a side of ``side`` pixels: ``kernel``, or the largest odd size
+    whose reflect padding fits (``2 * side - 1``) on images smaller than the kernel, where a
+    full kernel would fail (found by the property tests: a 1- or 2-pixel side after scaling)."""
+    return min(kernel, 2 * side - 1)
 
 
 # ------------------------------------------------------------- base learner (stage 1)
