@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hdmnet_core.atomic import atomic_write_json
+from hdmnet_core.benchmark import write_benchmark_json
 from hdmnet_core.config import Config, parse_overrides
 from hdmnet_core.course import baseline_scores
 from hdmnet_core.engine.pipeline import run_fold
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("runs") / "cpu-tiny-course")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
-    parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--out", "--json", dest="json", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,19 +86,7 @@ def main() -> None:
             f"{100 * r['final_miou']['std']:.1f} | {100 * r['meta_miou']['mean']:.1f} | "
             f"{(r['base_train_seconds'] + r['meta_train_seconds']) / 60:.1f} min |"
         )
-    atomic_write_json(
-        args.json,
-        {
-            "benchmark": "cpu_tiny_course",
-            "config": config.to_dict(),
-            "machine": {
-                "platform": platform.platform(),
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-            },  # fmt: skip
-            "rows": rows,
-        },
-    )
+    write_benchmark_json(args.json, "cpu_tiny_course", {"config": config.to_dict(), "rows": rows})
     print(f"wrote {args.json}")
 
 

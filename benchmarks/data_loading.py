@@ -24,8 +24,6 @@ Prints a table and writes ``benchmarks/results/data_loading.json``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from hdmnet_core.atomic import atomic_write_json  # noqa: E402
+from hdmnet_core.benchmark import write_benchmark_json  # noqa: E402
 from hdmnet_core.data import splits  # noqa: E402
 from hdmnet_core.data.episodes import EpisodeDataset  # noqa: E402
 from hdmnet_core.data.hf import HFSource, export_hf  # noqa: E402
@@ -200,8 +198,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": made,
         "shots": args.shots,
         "size": args.size,
+        "workers": args.workers,
+        "episodes": args.episodes,
         "episodes_per_second_per_worker": {k: round(v, 1) for k, v in rows.items()},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
     }
 
 
@@ -220,14 +219,15 @@ def main() -> None:
     parser.add_argument(
         "--no-hf", dest="hf", action="store_false", help="skip the export-hf measurements"
     )
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args)
     print(result["data"])
     print(f"{'measurement':<56} {'episodes/s':>10}   ({args.shots}-shot, {args.size}x{args.size})")
     for name, value in result["episodes_per_second_per_worker"].items():
         print(f"{name:<56} {value:>10.1f}")
-    atomic_write_json(RESULTS, result)
-    print(f"wrote {RESULTS.relative_to(PROJECT)}")
+    write_benchmark_json(args.out, "data_loading", result)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Setting: the synthetic benchmark rendered at ``--size`` (473 x 473 by default, the PASCAL
 evaluation size), HDMNet with the ``--backbone`` (ResNet-50 by default), random weights
 (speed does not depend on their values), ``inference_copy`` (the evaluation default),
-batch 1, ``--threads`` CPU threads. For each shot count, in the same run:
+batch 1, ``--threads`` CPU threads (or ``--device cuda``). For each shot count, in the
+same run:
 
 1. the feature cache for the timed episodes is built; its time per image (query image
    or support pair) is ``build_s_per_image``;
@@ -38,7 +39,6 @@ Prints a table and writes ``benchmarks/results/evaluation_speed.json``.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hdmnet_core.atomic import atomic_write_json  # noqa: E402
+from hdmnet_core.benchmark import write_benchmark_json  # noqa: E402
 from hdmnet_core.config import Config  # noqa: E402
 from hdmnet_core.data.datasets import open_source  # noqa: E402
 from hdmnet_core.data.episodes import (  # noqa: E402
@@ -78,7 +78,6 @@ from hdmnet_core.engine.feature_cache import (  # noqa: E402
 from hdmnet_core.metrics import BaseLearnerMeter, SegmentationMeter  # noqa: E402
 from hdmnet_core.model.hdmnet import HDMNet  # noqa: E402
 
-CPU = torch.device("cpu")
 PASCAL = {"folds": 4, "episodes": 1000, "seeds": 10, "size": 473, "val_images": 1449}
 COCO = {"folds": 4, "episodes": 10000, "seeds": 10, "size": 633, "val_images": 40137}
 
@@ -102,8 +101,15 @@ def benchmark_config(args: argparse.Namespace, shots: int, root: Path) -> Config
     )
 
 
+def synchronized_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` after the device's queued work has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def timed_episodes(
-    runner: HDMNet, dataset: EpisodeDataset, cache: FeatureCache, count: int
+    runner: HDMNet, dataset: EpisodeDataset, cache: FeatureCache, count: int, device: torch.device
 ) -> tuple[list[float], list[float], bool]:
     """Per-episode seconds uncached and cached (interleaved) and whether the counts agree."""
     classes = list(dataset.index.classes)
@@ -120,14 +126,17 @@ def timed_episodes(
     with torch.no_grad():
         for i in range(count):
             batch = collate_episodes([dataset[i]])  # loading is not timed (workers do it)
-            start = time.perf_counter()
-            out = runner(batch["query_image"], batch["support_images"], batch["support_masks"])
-            uncached_s.append(time.perf_counter() - start)
+            inputs = [
+                batch[k].to(device) for k in ("query_image", "support_images", "support_masks")
+            ]
+            start = synchronized_clock(device)
+            out = runner(*inputs)
+            uncached_s.append(synchronized_clock(device) - start)
             score_batch(out, batch, *meters[0])
             light = collate_cached([cached_items[i]])
-            start = time.perf_counter()
-            out = cached_forward(runner, cache, light, CPU)
-            cached_s.append(time.perf_counter() - start)
+            start = synchronized_clock(device)
+            out = cached_forward(runner, cache, light, device)
+            cached_s.append(synchronized_clock(device) - start)
             score_batch(out, light, *meters[1])
     same = all(
         torch.equal(a.state_tensor(), b.state_tensor())
@@ -137,7 +146,7 @@ def timed_episodes(
 
 
 def protocol_images(
-    runner: HDMNet, config: Config, seeds: int, episodes: int
+    runner: HDMNet, config: Config, seeds: int, episodes: int, device: torch.device
 ) -> tuple[int, int, float]:
     """Query images and support pairs of a ``seeds`` x ``episodes`` protocol (planned on
     the synthetic val set) and the cache size in GB."""
@@ -146,7 +155,7 @@ def protocol_images(
     datasets = [
         build_episode_dataset(small, "val", source, seed=s) for s in protocol_seeds(123, seeds)
     ]
-    plan = plan_feature_cache(runner, datasets, device=CPU)
+    plan = plan_feature_cache(runner, datasets, device=device)
     return len(plan.queries), len(plan.supports), plan.nbytes / GB
 
 
@@ -187,16 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol-episodes", type=int, default=1000)
     parser.add_argument("--synthetic-images", type=int, default=120)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--data-root", default=None, help="default: a temporary folder")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/evaluation_speed.json"))
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.data_root) if args.data_root else Path(scratch) / "data"
         rows = [measure(args, shots, root, Path(scratch)) for shots in args.shots]
 
-    print(f"\nEvaluation speed, {args.backbone} at {args.size} x {args.size}, "
+    print(f"\nEvaluation speed, {args.backbone} at {args.size} x {args.size}, {args.device}, "
           f"{args.threads} thread(s), batch 1, inference_copy, median of {args.episodes}")  # fmt: skip
     print("| shots | ep/s uncached / cached (end to end) | x end to end | x model only | "
           f"build s/image | {args.seeds}-seed protocol x | PASCAL h (uncached / cached) | "
@@ -213,16 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['uncached_hours']:.1f} / {c['cached_hours']:.1f} | "
             f"{'yes' if c['fits_default_budget'] else 'no'} ({c['cache_gb_per_fold_at_most']:.0f} GB) |"
         )
-    payload = {
-        "setting": vars(args),
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },  # fmt: skip
-        "results": rows,
-    }
-    atomic_write_json(args.out, payload)
+    payload = {"setting": vars(args), "results": rows}
+    write_benchmark_json(args.out, "evaluation_speed", payload)
     print(f"wrote {args.out}")
     if not all(r["same_counts"] for r in rows):
         print("error: cached and uncached intersection/union sums differ", file=sys.stderr)
@@ -231,22 +235,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(args: argparse.Namespace, shots: int, root: Path, scratch: Path) -> dict[str, Any]:
+    device = torch.device(args.device)
     config = benchmark_config(args, shots, root)
     source = open_source(config, "val")
     dataset = build_episode_dataset(config, "val", source, seed=protocol_seeds()[0])
     torch.manual_seed(0)
     model = HDMNet(config.model, 15, shots).eval()
-    runner = evaluation_model(model, CPU)
-    with torch.no_grad():  # warm-up: oneDNN primitives, allocator
+    runner = evaluation_model(model, device)
+    with torch.no_grad():  # warm-up: oneDNN primitives / CUDA kernels, allocator
         batch = collate_episodes([dataset[0]])
-        runner(batch["query_image"], batch["support_images"], batch["support_masks"])
-    start = time.perf_counter()
-    cache = build_feature_cache(runner, [dataset], device=CPU, folder=scratch / "cache")
-    build_seconds = time.perf_counter() - start
+        runner(*[batch[k].to(device) for k in ("query_image", "support_images", "support_masks")])
+    start = synchronized_clock(device)
+    cache = build_feature_cache(runner, [dataset], device=device, folder=scratch / "cache")
+    build_seconds = synchronized_clock(device) - start
     assert cache is not None, "the benchmark's small cache must fit"
     images = len(cache.plan.queries) + len(cache.plan.supports)
     bytes_per_image = cache.nbytes / images
-    uncached, cached, same = timed_episodes(runner, dataset, cache, args.episodes)
+    uncached, cached, same = timed_episodes(runner, dataset, cache, args.episodes, device)
     # what a user sees: evaluate_episodes end to end (loading, forward, scoring)
     short = build_episode_dataset(
         config.with_overrides(**{"eval.episodes": args.episodes}), "val", source,
@@ -254,14 +259,14 @@ def measure(args: argparse.Namespace, shots: int, root: Path, scratch: Path) -> 
     )  # fmt: skip
     end_to_end = {}
     for name, used in (("uncached", None), ("cached", cache)):
-        scores = evaluate_episodes(runner, short, device=CPU, feature_cache=used)
+        scores = evaluate_episodes(runner, short, device=device, feature_cache=used)
         end_to_end[name] = scores.seconds / scores.episodes
     cache.close()
     t_u, t_c = statistics.median(uncached), statistics.median(cached)
     e_u, e_c = end_to_end["uncached"], end_to_end["cached"]
     build = build_seconds / images
     queries, pairs, protocol_gb = protocol_images(
-        runner, config, args.seeds, args.protocol_episodes
+        runner, config, args.seeds, args.protocol_episodes, device
     )
     runs = args.seeds * args.protocol_episodes
     speedup = runs * e_u / ((queries + pairs) * build + runs * e_c)
@@ -288,7 +293,7 @@ def measure(args: argparse.Namespace, shots: int, root: Path, scratch: Path) -> 
         "protocol_speedup": speedup,
         "projected": {
             "pascal": projection(
-                PASCAL, shots, t_u, t_c, build, (PASCAL["size"] / args.size) ** 2, bytes_per_image
+                PASCAL, shots, e_u, e_c, build, (PASCAL["size"] / args.size) ** 2, bytes_per_image
             ),  # fmt: skip
             "coco": projection(COCO, shots, e_u, e_c, build, coco_scale, bytes_per_image),
         },

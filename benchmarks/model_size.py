@@ -1,17 +1,24 @@
-"""Model size: parameters and FLOPs of HDMNet S1..S4 next to the paper's Table 4.
+"""Table 4 twin: parameters, FLOPs and meta-part latency of HDMNet S1..S4 beside the paper.
 
 Paper Table 4 varies the depth of the decoupled hierarchy (``model.num_stages`` 1..4,
 official 3) on COCO-20i. For each depth this script counts parameters (total, trainable,
 per part) and FLOPs of one evaluation forward (batch 1, 1-shot by default) with
-``torch.utils.flop_counter.FlopCounterMode``. Everything runs on the meta device: shapes
-only, no memory, no weights, a few seconds.
+``torch.utils.flop_counter.FlopCounterMode`` on the meta device (shapes only, no memory,
+no weights, a few seconds), then times the meta part (hierarchy + matching + decoder,
+``HDMNet.meta_learner``: what the paper's latency column varies) at
+``--latency-size`` (473) with random weights, median of ``--repeats`` after one warm-up:
+fp32 on the CPU, and fp32 and bf16 autocast with ``--device cuda``. The meta part's
+inputs (frozen features, priors, merged features) are computed once, by the S1 model,
+and fed to every depth (their shapes do not depend on the depth).
 
 FLOPs here are 2 x multiply-accumulates of every conv, linear and matmul, attention's
 matmuls included. The official code measured with ``thop``, which counts MACs of
-modules only (not functional matmuls): compare orders of magnitude, not digits.
+modules only (not functional matmuls): compare orders of magnitude, not digits. The
+paper's latencies were measured on a GPU.
 
-    .venv/bin/python benchmarks/model_size.py                 # 473 and 633, 1-shot
-    .venv/bin/python benchmarks/model_size.py --sizes 473 --shots 5
+    .venv/bin/python benchmarks/model_size.py                 # 473 and 633, 1-shot, CPU
+    .venv/bin/python benchmarks/model_size.py --sizes 473 --shots 5 --latency-size 0
+    .venv/bin/python benchmarks/model_size.py --device cuda   # latency fp32 and bf16 on the GPU
 
 Prints a table and writes ``benchmarks/results/model_size.json``.
 """
@@ -19,14 +26,16 @@ Prints a table and writes ``benchmarks/results/model_size.json``.
 from __future__ import annotations
 
 import argparse
-import platform
+import contextlib
+import statistics
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from model_speed import make_episode, meta_part_inputs, time_call  # benchmarks/model_speed.py
 from torch.utils.flop_counter import FlopCounterMode
 
-from hdmnet_core.atomic import atomic_write_json
+from hdmnet_core.benchmark import write_benchmark_json
 from hdmnet_core.config import BackboneName, ModelConfig
 from hdmnet_core.model.hdmnet import HDMNet
 
@@ -58,10 +67,65 @@ META_PARTS = ("hierarchy", "matching", "decoder")
 """The paper's "decoder" of Table 4: hierarchy + matching + coarse-to-fine decoder."""
 
 
-def build(num_stages: int, backbone: str, shots: int, num_base_classes: int) -> HDMNet:
+def build(
+    num_stages: int, backbone: str, shots: int, num_base_classes: int, device: str = "meta"
+) -> HDMNet:
+    """HDMNet of ``num_stages`` in eval mode; on ``meta`` shapes only, else random weights
+    (seed 0)."""
     config = ModelConfig(backbone=cast(BackboneName, backbone), num_stages=num_stages)
-    with torch.device("meta"):
+    torch.manual_seed(0)
+    with torch.device(device):
         return HDMNet(config, num_base_classes=num_base_classes, shots=shots).eval()
+
+
+def precisions(device: str) -> list[str]:
+    """fp32 everywhere; bf16 autocast too on a GPU that has it."""
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return ["fp32", "bf16"]
+    return ["fp32"]
+
+
+def meta_latency(
+    model: HDMNet, inputs: tuple[torch.Tensor, ...], device: str, precision: str, repeats: int
+) -> list[float]:
+    """Seconds of ``repeats`` meta-part forwards (after one warm-up)."""
+    autocast = (
+        torch.autocast(device, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    runs = []
+    with torch.no_grad(), autocast:
+        for repeat in range(repeats + 1):
+            seconds, _ = time_call(lambda: model.meta_learner(*inputs), device)
+            if repeat > 0:
+                runs.append(seconds)
+    return runs
+
+
+def latency_rows(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Per depth: median meta-part milliseconds per precision on ``args.device``."""
+    episode = make_episode(args.shots, args.latency_size, seed=1, device=args.device)
+    inputs: tuple[torch.Tensor, ...] | None = None
+    out: dict[int, dict[str, Any]] = {}
+    for stages in (1, 2, 3, 4):
+        model = build(stages, args.backbone, args.shots, args.base_classes, args.device)
+        if inputs is None:  # once, by S1: the same inputs for every depth
+            inputs = meta_part_inputs(model, episode)
+        out[stages] = {}
+        for precision in precisions(args.device):
+            runs = meta_latency(model, inputs, args.device, precision, args.repeats)
+            out[stages][f"{args.device}_{precision}"] = {
+                "median_ms": 1000 * statistics.median(runs),
+                "runs_ms": [1000 * r for r in runs],
+            }
+            print(
+                f"  S{stages} meta part {args.device} {precision}: "
+                f"{1000 * statistics.median(runs):.1f} ms (median of {len(runs)})",
+                flush=True,
+            )
+        del model
+    return out
 
 
 def parameter_counts(model: HDMNet) -> dict[str, int]:
@@ -76,19 +140,32 @@ def parameter_counts(model: HDMNet) -> dict[str, int]:
     return counts
 
 
+def part_flops(by_module: dict[str, dict[Any, int]], prefix: str) -> int:
+    """FLOPs of the module ``prefix``: its own entry if it was called, else the sum of its
+    outermost called sub-modules (a ModuleList such as ``matching`` is never called
+    itself, nor is the PSPNet, whose methods the model calls, so only their children have
+    entries; a module's entry already includes its children's)."""
+    names = [n for n in by_module if n == prefix or n.startswith(prefix + ".")]
+    outermost = [n for n in names if not any(n.startswith(m + ".") for m in names if m != n)]
+    return int(sum(sum(by_module[n].values()) for n in outermost))
+
+
 def forward_flops(model: HDMNet, size: int, shots: int) -> dict[str, int]:
-    """FLOPs of one eval forward at ``size`` x ``size``, total and per top-level part."""
+    """FLOPs of one eval forward at ``size`` x ``size``, total and per top-level part, of
+    the official dataflow (no exact speed-ups: they read mask boxes, values that the meta
+    device does not have; the meta part's FLOPs are the same either way)."""
+    model.use_speedups(())
     with torch.device("meta"):
         query = torch.empty(1, 3, size, size)
         supports = torch.empty(1, shots, 3, size, size)
         masks = torch.ones(1, shots, size, size, dtype=torch.long)
-    counter = FlopCounterMode(display=False, depth=2)
+    counter = FlopCounterMode(display=False, depth=4)
     with counter, torch.no_grad():
         model(query, supports, masks)
     by_module = counter.get_flop_counts()
     flops = {"total": int(counter.get_total_flops())}
     for part in PARTS:
-        flops[part] = int(sum(by_module.get(f"HDMNet.{part}", {}).values()))
+        flops[part] = part_flops(by_module, f"HDMNet.{part}")
     flops["meta"] = sum(flops[p] for p in META_PARTS)
     flops["other"] = flops["total"] - sum(flops[p] for p in PARTS)
     return flops
@@ -100,14 +177,25 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--base-classes", type=int, default=60, help="COCO 60, PASCAL 15")
+    parser.add_argument(
+        "--latency-size", type=int, default=473, help="image size of the latency (0: none)"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed meta-part runs per depth")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    torch.set_num_threads(args.threads)
 
+    latency = latency_rows(args) if args.latency_size > 0 else {}
     rows: list[dict[str, Any]] = []
     for stages in (1, 2, 3, 4):
         model = build(stages, args.backbone, args.shots, args.base_classes)
         row: dict[str, Any] = {"num_stages": stages, "params": parameter_counts(model)}
         row["flops"] = {str(s): forward_flops(model, s, args.shots) for s in args.sizes}
+        row["latency"] = latency.get(stages, {})
         row["paper"] = PAPER_TABLE4[stages]
         rows.append(row)
 
@@ -116,7 +204,10 @@ def main() -> None:
     header = f"{'':3} {'meta params':>12} {'paper':>6} {'trainable':>10} {'total':>11}"
     for s in args.sizes:
         header += f" {f'meta GF@{s}':>12} {f'all GF@{s}':>11}"
-    print(header + f" {'paper GF':>9}")
+    settings = list(rows[0]["latency"])
+    for setting in settings:
+        header += f" {f'ms {setting}':>14}"
+    print(header + f" {'paper GF':>9} {'paper ms':>9}")
     for row in rows:
         p = row["params"]
         line = f"S{row['num_stages']:<2} {p['meta']:>12,} {row['paper']['params_M']:>5}M"
@@ -124,7 +215,15 @@ def main() -> None:
         for s in args.sizes:
             f = row["flops"][str(s)]
             line += f" {f['meta'] / 1e9:>12.2f} {f['total'] / 1e9:>11.1f}"
-        print(line + f" {row['paper']['gflops']:>9}")
+        for setting in settings:
+            line += f" {row['latency'][setting]['median_ms']:>14.1f}"
+        print(line + f" {row['paper']['gflops']:>9} {row['paper']['ms']:>9}")
+    if settings:
+        print(
+            f"ms: meta part (hierarchy + matching + decoder) at {args.latency_size} x "
+            f"{args.latency_size}, {args.shots}-shot, batch 1, median of {args.repeats}; "
+            "paper ms: measured on a GPU"
+        )
     s3 = rows[2]["params"]
     if args.backbone == "resnet50" and args.base_classes == 15 and args.shots == 1:
         same = all(s3[k] == v for k, v in OFFICIAL_S3_PARAMS.items())
@@ -134,12 +233,16 @@ def main() -> None:
         "shots": args.shots,
         "base_classes": args.base_classes,
         "sizes": args.sizes,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        "latency": {
+            "size": args.latency_size,
+            "device": args.device,
+            "repeats": args.repeats,
+            "part": "meta_learner (hierarchy + matching + decoder), batch 1, random weights",
+        },
         "official_s3_params_pascal": OFFICIAL_S3_PARAMS,
         "rows": rows,
     }
-    atomic_write_json(args.out, payload)
+    write_benchmark_json(args.out, "model_size", payload)
     print(f"wrote {args.out}")
 
 

@@ -50,7 +50,6 @@ import argparse
 import contextlib
 import functools
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -60,7 +59,7 @@ from typing import Any
 
 import torch
 
-from hdmnet_core.atomic import atomic_write_json
+from hdmnet_core.benchmark import write_benchmark_json
 from hdmnet_core.config import ModelConfig
 from hdmnet_core.model.hdmnet import DEFAULT_SPEEDUPS, EXACT_SPEEDUPS, HDMNet
 from hdmnet_core.model.inference import BackboneLayout, inference_copy
@@ -336,13 +335,10 @@ def main() -> None:
         "size": args.size,
         "backbone": args.backbone,
         "repeats": repeats,
-        "load_average_at_end": os.getloadavg(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
         "tolerance": {"rtol": FP32_RTOL, "atol": FP32_ATOL},
         "results": results,
     }
-    atomic_write_json(args.out, payload)
+    write_benchmark_json(args.out, "model_speed", payload)
     print(f"wrote {args.out}")
 
 

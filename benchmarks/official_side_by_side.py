@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdmnet_core.atomic import atomic_write_json
+from hdmnet_core.benchmark import write_benchmark_json
 from hdmnet_core.config import ModelConfig
 from hdmnet_core.model.convert import (
     convert_state_dict,
@@ -466,8 +466,8 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         results = [compare_shots(classes, shots, args, Path(tmp)) for shots in args.shots]
-    atomic_write_json(
-        args.out, {"threads": args.threads, "torch": torch.__version__, "results": results}
+    write_benchmark_json(
+        args.out, "official_side_by_side", {"threads": args.threads, "results": results}
     )
     print(f"wrote {args.out}")
     checks = [v["agrees"] for r in results for v in r["agreement"].values()]

@@ -14,7 +14,6 @@ Prints one table per fold and writes ``benchmarks/results/synthetic_baselines.js
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from hdmnet_core.atomic import atomic_write_json
 from hdmnet_core.baselines import (
     DEFAULT_GRID,
     BaselineName,
@@ -31,7 +29,8 @@ from hdmnet_core.baselines import (
     make_scores_fn,
     threshold_curve,
 )
-from hdmnet_core.config import Config
+from hdmnet_core.benchmark import write_benchmark_json
+from hdmnet_core.config import Config, parse_overrides
 from hdmnet_core.data.episodes import EpisodeDataset, collate_episodes
 from hdmnet_core.data.splits import base_classes, novel_classes
 from hdmnet_core.data.synthetic import SyntheticSource, ensure_synthetic, scaled_min_area
@@ -147,15 +146,19 @@ def main() -> None:
         default=1,
         help="torch threads (1 is fastest on a busy 2-core machine)",
     )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="K=V",
+        help="cpu-tiny setting, e.g. data.synthetic_images_train=200",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = Config.from_profile("cpu-tiny", **{"data.synthetic_image_size": args.size})
+    overrides = {"data.synthetic_image_size": args.size, **parse_overrides(args.overrides)}
+    config = Config.from_profile("cpu-tiny", **overrides)
     root = args.root if args.root is not None else config.data.root
     tree = ensure_synthetic(root, config.data, progress=True)
     results: dict[str, Any] = {
-        "benchmark": "synthetic_baselines",
         "settings": {
             "folds": args.folds,
             "episodes": args.episodes,
@@ -172,11 +175,6 @@ def main() -> None:
             "threshold_grid": [DEFAULT_GRID[0], DEFAULT_GRID[-1], len(DEFAULT_GRID)],
             "features": "FixedFeatures() (colour + Gabor energy filter bank, stride 2)",
         },
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": args.threads,
-        },
         "folds": {},
     }
     for fold in args.folds:
@@ -190,7 +188,7 @@ def main() -> None:
     }
     results["mean_novel_miou"] = means
     print("\nmean novel mIoU over folds " + ", ".join(f"{m} {v:.1f}" for m, v in means.items()))
-    atomic_write_json(args.out, results)
+    write_benchmark_json(args.out, "synthetic_baselines", results)
     print(f"wrote {args.out}")
 
 

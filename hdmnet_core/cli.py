@@ -62,6 +62,10 @@ COMMANDS: dict[str, Command] = {
         "hdmnet_core.model.convert",
         "import official HDMNet/BAM/ImageNet weights (or export back)",
     ),
+    "benchmark": Command(
+        "hdmnet_core.benchmark",
+        "run the benchmarks in benchmarks/ (tables and JSON with the machine's facts)",
+    ),
 }
 """Every command, in the order ``--help`` lists them."""
 

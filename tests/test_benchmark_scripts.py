@@ -126,3 +126,43 @@ def test_training_speed_benchmark_times_both_stages(tmp_path: Path) -> None:
     row = json.loads(out.read_text())["rows"][0]
     assert row["base_seconds_per_step"] > 0 and row["meta_seconds_per_step"] > 0
     assert row["meta_peak_memory_mb"] > 0
+
+
+def test_benchmark_cli_quick_subset_writes_json_with_machine_facts(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "hdmnet_core", "benchmark", "--quick"]
+    command += ["--only", "model_size", "data_loading", "--out", str(tmp_path)]
+    env = {"OMP_NUM_THREADS": "1", "CI": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| model_size | ok |" in result.stdout and "| data_loading | ok |" in result.stdout
+    for name in ("model_size", "data_loading"):
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["benchmark"] == name
+        machine = record["machine"]
+        assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and machine["cpu"]
+        assert machine["torch"] and machine["date"] and len(machine["load_average"]) == 3
+    rows = json.loads((tmp_path / "model_size.json").read_text())["rows"]
+    assert [r["num_stages"] for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert row["latency"]["cpu_fp32"]["median_ms"] > 0
+        assert row["flops"]["96"]["matching"] > 0  # the ModuleList's children are counted
+    metas = [r["params"]["meta"] for r in rows]
+    assert metas == sorted(metas) and rows[2]["params"]["meta"] == 3_309_634
+
+
+def test_benchmark_cli_refuses_an_unavailable_device_and_unknown_names(tmp_path: Path) -> None:
+    import torch
+
+    base = [sys.executable, "-m", "hdmnet_core", "benchmark", "--out", str(tmp_path)]
+    unknown = subprocess.run(
+        [*base, "--only", "no_such_benchmark"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert unknown.returncode == 2
+    assert "unknown benchmark 'no_such_benchmark'" in unknown.stderr
+    if not torch.cuda.is_available():
+        cuda = subprocess.run(
+            [*base, "--device", "cuda", "--quick"], capture_output=True, text=True, cwd=ROOT
+        )
+        assert cuda.returncode == 2
+        assert "no CUDA device" in cuda.stderr and "Traceback" not in cuda.stderr
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing written
