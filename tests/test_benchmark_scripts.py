@@ -166,3 +166,64 @@ def test_benchmark_cli_refuses_an_unavailable_device_and_unknown_names(tmp_path:
         assert cuda.returncode == 2
         assert "no CUDA device" in cuda.stderr and "Traceback" not in cuda.stderr
     assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def _model_size_record() -> dict[str, object]:
+    """A model_size.json as the script writes it, two stage counts, made-up values."""
+
+    def row(stages: int, meta: int, gflops: float, ms: float) -> dict[str, object]:
+        return {
+            "num_stages": stages,
+            "params": {"meta": meta},
+            "flops": {"473": {"meta": gflops * 1e9}, "633": {"meta": 2 * gflops * 1e9}},
+            "latency": {"cpu_fp32": {"median_ms": ms}},
+            "paper": {"params_M": 1.3, "gflops": 8.8, "ms": 15.1},
+        }
+
+    return {
+        "benchmark": "model_size",
+        "command": ["model_size.py", "--repeats", "3"],
+        "machine": {
+            "date": "2026-12-02T09:55:21Z",
+            "cpu": "Test CPU",
+            "cores": 2,
+            "torch_threads": 2,
+            "gpu": None,
+            "torch": "2.14.1",
+            "load_average": [1.0],
+        },
+        "rows": [row(1, 1_563_458, 15.08, 203.4), row(3, 3_309_634, 17.78, 243.3)],
+    }
+
+
+def test_report_regenerates_the_marked_table_from_json_and_nothing_else(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "model_size.json").write_text(json.dumps(_model_size_record()))
+    doc = tmp_path / "benchmarks.md"
+    before, after = "# Title\nhand-written prose\n", "\nmore prose\n"
+    doc.write_text(
+        before + "<!-- generated:model_size -->\nstale\n<!-- /generated:model_size -->" + after
+    )
+    command = [sys.executable, str(ROOT / "benchmarks" / "report.py")]
+    command += ["--results", str(results), "--doc", str(doc)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = doc.read_text()
+    expected = (
+        "| stages | meta params | paper | meta GFLOPs at 473 / 633 | paper "
+        "| latency cpu fp32 (ms) | paper (ms, GPU) |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| S1 | 1.56M | 1.3M | 15.1 / 30.2 | 8.8 | 203 | 15.1 |\n"
+        "| S3 | 3.31M | 1.3M | 17.8 / 35.6 | 8.8 | 243 | 15.1 |\n\n"
+        "Measured 2026-12-02 on Test CPU (2 cores, 2 torch threads, no GPU), torch 2.14.1, "
+        "load average 1.0. Command: `model_size.py --repeats 3`."
+    )
+    assert text == (
+        before
+        + "<!-- generated:model_size -->\n"
+        + expected
+        + "\n<!-- /generated:model_size -->"
+        + after
+    )
+    assert "stale" not in text
