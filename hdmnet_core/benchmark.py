@@ -365,7 +365,9 @@ def _main(args: argparse.Namespace) -> int:
     )
     print_summary(outcomes, args.device)
     if not args.quick and out_dir == RESULTS_DIR:
-        print("docs: .venv/bin/python benchmarks/report.py rewrites the Performance section")
+        print(
+            "docs: .venv/bin/python benchmarks/report.py rewrites the generated tables of docs/benchmarks.md"
+        )
     failed = [o for o in outcomes if o.status not in ("ok", "skipped")]
     return 1 if failed else 0
 

@@ -361,19 +361,27 @@ _SECTION_TYPES = {
 }
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["data.fold=2", "train.lr=5e-4"]`` (the CLI's ``--set KEY=VALUE``) -> dict; values
-    are parsed as JSON when they can be (numbers, booleans, lists), else kept as strings."""
-    overrides: dict[str, Any] = {}
+def parse_assignments(
+    pairs: Sequence[str], flag: str, placeholder: str, example: str
+) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` given to ``flag`` -> ``{"a": 1, "b": "x"}``; values are parsed as
+    JSON when they can be (numbers, booleans, null, lists), else kept as strings. A pair
+    without ``=`` or without a name is a :class:`ConfigError` showing ``example``."""
+    values: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. data.fold=2")
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{flag} {pair!r}: expected {placeholder}=VALUE, e.g. {example}")
         try:
-            overrides[key] = json.loads(raw)
+            values[name] = json.loads(raw)
         except json.JSONDecodeError:
-            overrides[key] = raw
-    return overrides
+            values[name] = raw
+    return values
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["data.fold=2", "train.lr=5e-4"]`` (the CLI's ``--set KEY=VALUE``) -> dict."""
+    return parse_assignments(pairs, "--set", "KEY", "data.fold=2")
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hdmnet_core.atomic import atomic_write_json, atomic_write_text
-from hdmnet_core.config import PROFILES, Config, ConfigError, parse_overrides
+from hdmnet_core.config import PROFILES, Config, ConfigError, parse_assignments, parse_overrides
 from hdmnet_core.runlock import output_folder_lock
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -202,17 +202,8 @@ def run_notebooks(
 
 def parse_parameters(pairs: list[str]) -> dict[str, Any]:
     """``["steps=5", "device=cpu"]`` (``--param NAME=VALUE``) -> dict, values as JSON when
-    they parse (numbers, booleans, null, lists), else strings."""
-    parameters: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, raw = pair.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--param {pair!r}: expected NAME=VALUE, e.g. steps=20")
-        try:
-            parameters[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            parameters[name] = raw
-    return parameters
+    they parse, else strings (:func:`config.parse_assignments`)."""
+    return parse_assignments(pairs, "--param", "NAME", "steps=20")
 
 
 def write_summary(
