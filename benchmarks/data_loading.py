@@ -38,6 +38,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from hdmnet_core.benchmark import write_benchmark_json  # noqa: E402
+from hdmnet_core.benchmark_report import render_data_loading  # noqa: E402
 from hdmnet_core.data import splits  # noqa: E402
 from hdmnet_core.data.episodes import EpisodeDataset  # noqa: E402
 from hdmnet_core.data.hf import HFSource, export_hf  # noqa: E402
@@ -222,10 +223,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args)
-    print(result["data"])
-    print(f"{'measurement':<56} {'episodes/s':>10}   ({args.shots}-shot, {args.size}x{args.size})")
-    for name, value in result["episodes_per_second_per_worker"].items():
-        print(f"{name:<56} {value:>10.1f}")
+    print(render_data_loading(result))
     write_benchmark_json(args.out, "data_loading", result)
     print(f"wrote {args.out}")
 

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hdmnet_core.benchmark import write_benchmark_json  # noqa: E402
+from hdmnet_core.benchmark_report import render_evaluation_speed  # noqa: E402
 from hdmnet_core.config import Config  # noqa: E402
 from hdmnet_core.data.datasets import open_source  # noqa: E402
 from hdmnet_core.data.episodes import (  # noqa: E402
@@ -208,24 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.data_root) if args.data_root else Path(scratch) / "data"
         rows = [measure(args, shots, root, Path(scratch)) for shots in args.shots]
 
-    print(f"\nEvaluation speed, {args.backbone} at {args.size} x {args.size}, {args.device}, "
-          f"{args.threads} thread(s), batch 1, inference_copy, median of {args.episodes}")  # fmt: skip
-    print("| shots | ep/s uncached / cached (end to end) | x end to end | x model only | "
-          f"build s/image | {args.seeds}-seed protocol x | PASCAL h (uncached / cached) | "
-          "COCO h (uncached / cached) | COCO cache fits |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        p, c = r["projected"]["pascal"], r["projected"]["coco"]
-        e = r["end_to_end_s"]
-        print(
-            f"| {r['shots']} | {1 / e['uncached']:.3f} / {1 / e['cached']:.3f} | "
-            f"{e['uncached'] / e['cached']:.1f} | {r['uncached_s'] / r['cached_s']:.1f} | "
-            f"{r['build_s_per_image']:.2f} | "
-            f"{r['protocol_speedup']:.1f} | {p['uncached_hours']:.1f} / {p['cached_hours']:.1f} | "
-            f"{c['uncached_hours']:.1f} / {c['cached_hours']:.1f} | "
-            f"{'yes' if c['fits_default_budget'] else 'no'} ({c['cache_gb_per_fold_at_most']:.0f} GB) |"
-        )
     payload = {"setting": vars(args), "results": rows}
+    print()
+    print(render_evaluation_speed(payload))
     write_benchmark_json(args.out, "evaluation_speed", payload)
     print(f"wrote {args.out}")
     if not all(r["same_counts"] for r in rows):

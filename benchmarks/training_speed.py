@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/training_speed.py --workers 0 1 2 --amp off bf16 --steps 100
     .venv/bin/python benchmarks/training_speed.py --profile pascal-r50 --device cuda --amp bf16
 
-Each setting trains stage 1 and stage 2 for ``--steps`` steps (no validation, no checkpoint)
+Each setting trains stage 1 and stage 2 for ``--steps`` steps (no validation, no checkpoint;
+seconds per step from the logged rates after the first window, so start-up is excluded)
 on the profile's data and prints seconds per step, episodes (images) per second, peak
 memory and the projected length of the profile's full course (stage-1 steps x stage-1 time
 + stage-2 steps x stage-2 time, validation excluded).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +33,8 @@ from typing import Any
 import torch
 
 from hdmnet_core.benchmark import write_benchmark_json
-from hdmnet_core.config import PROFILES, Config, parse_overrides
+from hdmnet_core.benchmark_report import render_training_speed
+from hdmnet_core.config import Config, parse_overrides, profile_argument
 from hdmnet_core.data.datasets import open_source
 from hdmnet_core.data.episodes import build_episode_dataset
 from hdmnet_core.engine.train import train_base, train_meta
@@ -39,11 +42,21 @@ from hdmnet_core.engine.train import train_base, train_meta
 RESULTS = Path(__file__).resolve().parent / "results" / "training_speed.json"
 
 
-def peak_memory(run_dir: Path) -> float:
-    """Largest ``train/peak_memory_mb`` in a run's ``metrics.csv``."""
+def logged(run_dir: Path, column: str) -> list[float]:
+    """The values of ``train/<column>`` in a run's ``metrics.csv`` (validation rows leave
+    it empty)."""
     with (run_dir / "metrics.csv").open(newline="") as handle:
-        values = [row.get("train/peak_memory_mb", "") for row in csv.DictReader(handle)]
-    return max(float(v) for v in values if v)  # validation rows leave it empty
+        values = [row.get(f"train/{column}", "") for row in csv.DictReader(handle)]
+    return [float(v) for v in values if v]
+
+
+def steady_seconds_per_step(run_dir: Path, items: str, batch: int) -> float:
+    """Seconds per step once training runs: the median of the logged rate windows after
+    the first one (which holds the start-up: workers, first oneDNN primitives); the final
+    validation and checkpoint come after the last window and are not counted."""
+    rates = logged(run_dir, f"{items}_per_s")
+    steady = rates[1:] or rates
+    return batch / statistics.median(steady)
 
 
 def loading_rate(config: Config, items: int) -> float:
@@ -72,25 +85,29 @@ def measure(config: Config, steps: int, work: Path) -> dict[str, Any]:
             "train.val_every": steps + 1,
             "train.selection_split": "none",
             "train.checkpoint_every": 0,
-            "train.log_every": max(1, steps // 4),
+            "train.log_every": max(1, steps // 5),  # 5 rate windows, the first one start-up
         }
     )
+    t = config.train
     start = time.perf_counter()
     base = train_base(quick, work / "base", progress=False)
-    base_seconds = (time.perf_counter() - start) / steps
+    base_wall = (time.perf_counter() - start) / steps
     start = time.perf_counter()
     train_meta(quick, work / "meta", base.last, progress=False)
-    meta_seconds = (time.perf_counter() - start) / steps
-    t = config.train
+    meta_wall = (time.perf_counter() - start) / steps
+    base_seconds = steady_seconds_per_step(work / "base", "images", t.base_learner_batch_size)
+    meta_seconds = steady_seconds_per_step(work / "meta", "episodes", t.batch_size)
     base_steps = t.base_learner_steps or t.base_learner_epochs
     meta_steps = t.max_steps or t.epochs
     return {
         "base_seconds_per_step": base_seconds,
         "meta_seconds_per_step": meta_seconds,
+        "base_wall_seconds_per_step": base_wall,
+        "meta_wall_seconds_per_step": meta_wall,
         "base_images_per_second": t.base_learner_batch_size / base_seconds,
         "meta_episodes_per_second": t.batch_size / meta_seconds,
-        "base_peak_memory_mb": peak_memory(work / "base"),
-        "meta_peak_memory_mb": peak_memory(work / "meta"),
+        "base_peak_memory_mb": max(logged(work / "base", "peak_memory_mb")),
+        "meta_peak_memory_mb": max(logged(work / "meta", "peak_memory_mb")),
         "projected_course_minutes": (base_steps * base_seconds + meta_steps * meta_seconds) / 60,
     }
 
@@ -100,7 +117,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--profile", nargs="+", default=["cpu-tiny"], choices=sorted(PROFILES), metavar="NAME"
+        "--profile", nargs="+", default=["cpu-tiny"], type=profile_argument, metavar="NAME"
     )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
@@ -140,26 +157,11 @@ def main() -> None:
         per_worker = loading[row["profile"]]
         row["loading_episodes_per_second_per_worker"] = per_worker
         row["workers_to_keep_up"] = math.ceil(row["meta_episodes_per_second"] / per_worker)
-    print_table(rows)
     payload = {"device": args.device, "steps": args.steps, "rows": rows}
+    print()
+    print(render_training_speed(payload))
     write_benchmark_json(args.json, "training_speed", payload)
     print(f"wrote {args.json}")
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    print(
-        "\n| profile | amp | workers | stage 1 s/step | stage 2 s/step | episodes/s | peak MB "
-        "| course min | loading episodes/s per worker | workers to keep up |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['profile']} | {r['amp']} | {r['workers']} | {r['base_seconds_per_step']:.3f} | "
-            f"{r['meta_seconds_per_step']:.3f} | {r['meta_episodes_per_second']:.1f} | "
-            f"{max(r['base_peak_memory_mb'], r['meta_peak_memory_mb']):.0f} | "
-            f"{r['projected_course_minutes']:.1f} | "
-            f"{r['loading_episodes_per_second_per_worker']:.1f} | {r['workers_to_keep_up']} |"
-        )
 
 
 if __name__ == "__main__":

@@ -348,13 +348,21 @@ def print_summary(outcomes: Sequence[Outcome], device: str) -> None:
         print(f"CPU-only benchmarks (their work is CPU work): {', '.join(cpu_only)}")
 
 
+def default_out_dir(*, quick: bool, device: str) -> Path:
+    """``results/`` (CPU), ``results/cuda/`` (GPU; the report's ``NAME:cuda`` tables) or
+    ``results/quick/`` (not for the documents)."""
+    if quick:
+        return QUICK_RESULTS_DIR
+    return RESULTS_DIR / "cuda" if device == "cuda" else RESULTS_DIR
+
+
 def _main(args: argparse.Namespace) -> int:
     benchmarks = selected(args.only)
     check_device(args.device)
     official = args.official.expanduser() if args.official is not None else None
     if official is not None and not official.is_dir():
         raise BenchmarkError(f"--official {official}: no such folder (a checkout of Pbihao/HDMNet)")
-    out_dir = args.out or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
+    out_dir = args.out or default_out_dir(quick=args.quick, device=args.device)
     outcomes = run_set(
         benchmarks,
         quick=args.quick,
@@ -364,9 +372,10 @@ def _main(args: argparse.Namespace) -> int:
         official=official,
     )
     print_summary(outcomes, args.device)
-    if not args.quick and out_dir == RESULTS_DIR:
+    if not args.quick and out_dir in (RESULTS_DIR, RESULTS_DIR / "cuda"):
         print(
-            "docs: .venv/bin/python benchmarks/report.py rewrites the generated tables of docs/benchmarks.md"
+            "docs: .venv/bin/python benchmarks/report.py rewrites the generated tables of "
+            "docs/benchmarks.md and README.md from these JSON files"
         )
     failed = [o for o in outcomes if o.status not in ("ok", "skipped")]
     return 1 if failed else 0
@@ -390,8 +399,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=None,
-        help="folder of the JSON files (default: benchmarks/results/, with --quick "
-        "benchmarks/results/quick/)",
+        help="folder of the JSON files (default: benchmarks/results/, with --device cuda "
+        "benchmarks/results/cuda/, with --quick benchmarks/results/quick/)",
     )
     parser.add_argument(
         "--official",

@@ -401,6 +401,19 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
     return f" (did you mean {' or '.join(map(repr, found))}?)" if found else ""
 
 
+def profile_argument(name: str) -> str:
+    """argparse ``type=`` of ``--profile``: a known profile, else an error naming the close
+    matches (argparse's own ``choices`` message lists them without a suggestion)."""
+    if name not in PROFILES:
+        import argparse
+
+        raise argparse.ArgumentTypeError(
+            f"unknown profile {name!r}{did_you_mean(name, sorted(PROFILES))}; choose one of "
+            f"{', '.join(sorted(PROFILES))}"
+        )
+    return name
+
+
 def _unknown_key(key: str, why: str = "") -> ConfigError:
     keys = all_keys()
     bare = [k.partition(".")[2] for k in keys]

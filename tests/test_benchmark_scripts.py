@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hdmnet_core.benchmark_report import (
+    render_evaluation_speed,
+    render_model_speed,
+    render_training_speed,
+)
 from tests.train_helpers import TINY_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +26,7 @@ def test_model_speed_benchmark_runs_and_fp32_settings_match_faithful(tmp_path: P
     assert result.returncode == 0, result.stderr[-2000:]
     assert "faithful" in result.stdout
     payload = json.loads(out.read_text())
+    assert render_model_speed(payload) in result.stdout  # printed = documented
     settings = payload["results"][0]["settings"]
     assert {"faithful", "pooled_branch_conv", "fold_bn", "channels_last"} <= settings.keys()
     for name, entry in settings.items():
@@ -72,8 +78,10 @@ def test_evaluation_speed_benchmark_runs_and_cached_counts_match(tmp_path: Path)
     command += ["--threads", "1", "--data-root", str(tmp_path / "data"), "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "protocol x" in result.stdout and "PASCAL h" in result.stdout
-    rows = json.loads(out.read_text())["results"]
+    assert "protocol x" in result.stdout and "PASCAL-5i h uncached / cached" in result.stdout
+    record = json.loads(out.read_text())
+    assert render_evaluation_speed(record) in result.stdout  # printed = documented
+    rows = record["results"]
     assert [r["shots"] for r in rows] == [1, 2]
     for row in rows:
         assert row["same_counts"]  # cached = uncached intersection/union sums
@@ -123,7 +131,9 @@ def test_training_speed_benchmark_times_both_stages(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "| amp | workers | stage 1 s/step |" in result.stdout
-    row = json.loads(out.read_text())["rows"][0]
+    record = json.loads(out.read_text())
+    assert render_training_speed(record) in result.stdout
+    row = record["rows"][0]
     assert row["base_seconds_per_step"] > 0 and row["meta_seconds_per_step"] > 0
     assert row["meta_peak_memory_mb"] > 0
 
@@ -206,7 +216,9 @@ def test_report_regenerates_the_marked_table_from_json_and_nothing_else(tmp_path
         before + "<!-- generated:model_size -->\nstale\n<!-- /generated:model_size -->" + after
     )
     command = [sys.executable, str(ROOT / "benchmarks" / "report.py")]
-    command += ["--results", str(results), "--doc", str(doc)]
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    command += ["--results", str(results), "--doc", str(doc), "--readme", str(readme)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     text = doc.read_text()

@@ -206,12 +206,19 @@ def test_a_mistyped_config_key_or_value_is_named_with_close_matches(
     assert not (tmp_path / "r").exists()
 
 
-def test_an_unknown_profile_is_refused_with_the_list(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:  # argparse's choices: exit code 2
-        cli.main(["train", "base", "--profile", "cpu-tny"])
+@pytest.mark.parametrize(
+    "command", [["train", "base"], ["train", "meta"], ["reproduce"]], ids=" ".join
+)
+def test_an_unknown_profile_is_refused_with_close_matches_and_the_list(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # argparse: exit code 2
+        cli.main([*command, "--profile", "cpu-tny"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'cpu-tny'" in err and "cpu-tiny" in err
+    assert "argument --profile: unknown profile 'cpu-tny' (did you mean 'cpu-tiny'?)" in err
+    assert "choose one of coco-r50, coco-vgg, cpu-tiny, pascal-r101" in err
+    assert "Traceback" not in err
     from hdmnet_core.config import Config, ConfigError
 
     with pytest.raises(ConfigError, match=r"unknown profile 'cpu-tny' \(did you mean 'cpu-tiny'"):

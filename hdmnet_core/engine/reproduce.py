@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from hdmnet_core.atomic import atomic_write_json, atomic_write_text
-from hdmnet_core.config import PROFILES, Config, ConfigError, parse_assignments, parse_overrides
+from hdmnet_core.config import (
+    PROFILES,
+    Config,
+    ConfigError,
+    parse_assignments,
+    parse_overrides,
+    profile_argument,
+)
 from hdmnet_core.runlock import output_folder_lock
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -272,7 +279,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--profile", default="cpu-tiny", choices=sorted(PROFILES))
+    parser.add_argument(
+        "--profile",
+        default="cpu-tiny",
+        type=profile_argument,
+        metavar="NAME",
+        help=f"configuration profile: {', '.join(sorted(PROFILES))} (default: cpu-tiny)",
+    )
     parser.add_argument(
         "--data-root", default="data", help="folder of prepared datasets (default: data)"
     )

@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hdmnet_core.atomic import atomic_write_json
-from hdmnet_core.config import PROFILES, Config, ConfigError, parse_overrides
+from hdmnet_core.config import PROFILES, Config, ConfigError, parse_overrides, profile_argument
 from hdmnet_core.engine import checkpoint as ckpt
 from hdmnet_core.engine.build import build_base_learner, build_meta_model
 from hdmnet_core.engine.distributed import (
@@ -876,7 +876,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ("meta", "stage 2: HDMNet meta-training from a stage-1 checkpoint"),
     ):
         sub = stages.add_parser(stage, help=help_text, description=help_text)
-        sub.add_argument("--profile", default="cpu-tiny", choices=sorted(PROFILES))
+        sub.add_argument(
+            "--profile",
+            default="cpu-tiny",
+            type=profile_argument,
+            metavar="NAME",
+            help=f"configuration profile: {', '.join(sorted(PROFILES))} (default: cpu-tiny)",
+        )
         sub.add_argument("--fold", type=int, default=None, help="data.fold (default: profile's)")
         sub.add_argument("--data-root", default=None, help="folder of prepared datasets")
         sub.add_argument(
