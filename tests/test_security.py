@@ -327,3 +327,26 @@ def test_a_hostile_coco_file_name_is_refused_naming_the_annotation_file(tmp_path
     annotations.write_text(json.dumps(content))
     with pytest.raises(DataError, match=r"instances_val2014\.json image 7: name '\.\./"):
         prepare_coco(tmp_path / "data", coco=str(base), progress=False)
+
+
+def test_a_synthetic_tree_with_a_pickled_array_is_regenerated_without_running_it(
+    tmp_path: Path,
+) -> None:
+    """``images.npy`` is read with numpy's ``allow_pickle=False``: an object array whose
+    pickle would run code is treated as a broken file of our tree and regenerated."""
+    import numpy as np
+
+    from hdmnet_core.config import DataConfig
+    from hdmnet_core.data.synthetic import ensure_synthetic
+
+    data = DataConfig(synthetic_image_size=32, synthetic_images_train=4, synthetic_images_val=2)
+    tree = ensure_synthetic(tmp_path, data)
+    marker = tmp_path / "code-ran.txt"
+    hostile = np.empty(1, dtype=object)
+    hostile[0] = RunsCodeWhenUnpickled(marker)
+    np.save(tree / "train" / "images.npy", hostile, allow_pickle=True)
+    assert not marker.exists()
+    again = ensure_synthetic(tmp_path, data)
+    assert not marker.exists()
+    images = np.load(again / "train" / "images.npy", allow_pickle=False)
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
