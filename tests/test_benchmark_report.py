@@ -25,6 +25,26 @@ MACHINE = {
 }
 
 
+def model_size_record() -> dict[str, Any]:
+    """A model_size.json as the script writes it, two stage counts, made-up values."""
+
+    def row(stages: int, meta: int, gflops: float, ms: float) -> dict[str, object]:
+        return {
+            "num_stages": stages,
+            "params": {"meta": meta},
+            "flops": {"473": {"meta": gflops * 1e9}, "633": {"meta": 2 * gflops * 1e9}},
+            "latency": {"cpu_fp32": {"median_ms": ms}},
+            "paper": {"params_M": 1.3, "gflops": 8.8, "ms": 15.1},
+        }
+
+    return {
+        "benchmark": "model_size",
+        "command": ["model_size.py", "--repeats", "3"],
+        "machine": MACHINE,
+        "rows": [row(1, 1_563_458, 15.08, 203.4), row(3, 3_309_634, 17.78, 243.3)],
+    }
+
+
 def _speed_entry(seconds: float, faithful: float, diff: float = 1e-7) -> dict[str, Any]:
     return {
         "median_s": seconds,
@@ -219,3 +239,24 @@ def test_gpu_results_go_to_their_own_folder() -> None:
     assert default_out_dir(quick=False, device="cpu") == RESULTS_DIR
     assert default_out_dir(quick=False, device="cuda") == RESULTS_DIR / "cuda"  # NAME:cuda tables
     assert default_out_dir(quick=True, device="cuda") == QUICK_RESULTS_DIR  # never the documents
+
+
+def test_report_regenerates_the_table_4_twin_exactly(tmp_path: Path) -> None:
+    results = write_results(tmp_path / "results", model_size_record())
+    doc, readme = tmp_path / "benchmarks.md", tmp_path / "README.md"
+    before, after = "# Title\nhand-written prose\n", "\nmore prose\n"
+    doc.write_text(before + block("model_size") + after)
+    readme.write_text("no markers\n")
+    result = run_report(results, doc, readme)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = (
+        "| stages | meta params | paper | meta GFLOPs at 473 / 633 | paper "
+        "| latency cpu fp32 (ms) | paper (ms, GPU) |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| S1 | 1.56M | 1.3M | 15.1 / 30.2 | 8.8 | 203 | 15.1 |\n"
+        "| S3 | 3.31M | 1.3M | 17.8 / 35.6 | 8.8 | 243 | 15.1 |\n\n"
+        "Measured 2026-12-02 on Test CPU (2 cores, 2 torch threads, no GPU), torch 2.14.1, "
+        "load average 1.0. Command: `model_size.py --repeats 3`."
+    )
+    assert doc.read_text() == before + block("model_size", expected) + after
+    assert readme.read_text() == "no markers\n"
