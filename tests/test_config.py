@@ -17,7 +17,7 @@ def test_profiles_set_the_documented_values():
     assert (tiny.data.dataset, tiny.model.backbone, tiny.data.train_size) == (
         "synthetic",
         "tiny",
-        96,
+        128,
     )
     pascal = Config.from_profile("pascal-r50")
     assert (pascal.data.dataset, pascal.data.train_size, pascal.model.backbone) == (

@@ -68,8 +68,9 @@ def test_colour_pairs_never_identify_a_class_alone() -> None:
 
 def test_scaled_min_area() -> None:
     assert scaled_min_area(473) == 2 * 32 * 32
-    assert scaled_min_area(96) == 84
-    assert Config.from_profile("cpu-tiny").data.min_class_area == scaled_min_area(96)
+    assert scaled_min_area(96) == 84 and scaled_min_area(128) == 150
+    tiny = Config.from_profile("cpu-tiny").data
+    assert tiny.min_class_area == scaled_min_area(tiny.synthetic_image_size)
 
 
 # ----------------------------------------------------------------------- generation

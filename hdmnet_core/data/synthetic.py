@@ -17,9 +17,9 @@ border between two different labels is marked 255 (ignore), one pixel on each si
 Image ``i`` of split ``s`` depends only on ``(seed, s, i)`` (about 300 images/s at
 96 x 96 on one core).
 
-Usable (image, class) pairs: the official 2*32*32-pixel rule is too big for 96 x 96
-images; :func:`scaled_min_area` keeps its share of a 473 x 473 image (84 px at 96),
-which the ``cpu-tiny`` profile uses as ``data.min_class_area``.
+Usable (image, class) pairs: the official 2*32*32-pixel rule is too big for small
+images; :func:`scaled_min_area` keeps its share of a 473 x 473 image (84 px at 96, 150 px
+at the ``cpu-tiny`` profile's 128), which the profile uses as ``data.min_class_area``.
 
 On disk (``write_synthetic``)::
 
