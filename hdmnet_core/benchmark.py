@@ -124,7 +124,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "training_speed",
         "seconds per training step, peak memory, loading episodes/s per worker",
-        full=(),
+        full=words("--amp off bf16"),
         quick=words(
             f"--steps 2 --workers 0 --amp off --loading-items 4 --set data.root={SCRATCH}",
             *(f"--set {setting}" for setting in QUICK_SYNTHETIC),
