@@ -68,10 +68,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def ratio(numerator: float, denominator: float) -> str:
-    return f"{numerator / denominator:.2f}" if denominator > 0 else "-"
-
-
 # ------------------------------------------------------------------------ renderers
 def render_model_size(record: Record) -> str:
     """Table 4 twin: meta parameters, FLOPs at 473 / 633 and meta-part latency per stage count."""
@@ -353,12 +349,15 @@ def marker_name(name: str, device: str) -> str:
     return f"{name}:{device}" if device else name
 
 
-def render_document(text: str, results: Path) -> tuple[str, list[str]]:
-    """The document with every marked table whose JSON exists regenerated, and what was
-    left as it was (with why)."""
+def render_document(
+    text: str, records_by_device: Mapping[str, Mapping[str, Record]], results: Path
+) -> tuple[str, list[str]]:
+    """The document with every marked table whose JSON exists regenerated (the records
+    of :func:`load_records` per device suffix, read from ``results``), and what was left
+    as it was (with why)."""
     skipped = []
     for device in DEVICES:
-        records = load_records(results, device)
+        records = records_by_device.get(device, {})
         for name, render in RENDERERS.items():
             marker = marker_name(name, device)
             if not has_markers(text, marker):
@@ -377,10 +376,12 @@ def render_document(text: str, results: Path) -> tuple[str, list[str]]:
     return text, skipped
 
 
-def rewrite(path: Path, results: Path) -> list[str]:
+def rewrite(
+    path: Path, records_by_device: Mapping[str, Mapping[str, Record]], results: Path
+) -> list[str]:
     """Regenerate ``path``'s marked tables in place (atomically); what was skipped."""
     text = path.read_text()
-    new, skipped = render_document(text, results)
+    new, skipped = render_document(text, records_by_device, results)
     if new != text:
         atomic_write_text(path, new)
     return skipped
@@ -413,15 +414,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--readme", type=Path, default=README)
     args = parser.parse_args(argv)
-    for device in DEVICES:
+    records_by_device = {device: load_records(args.results, device) for device in DEVICES}
+    for device, records in records_by_device.items():
         try:
-            check_finite(load_records(args.results, device))
+            check_finite(records)
         except ValueError as error:
             parser.exit(2, f"error: {args.results / device}/{error}; nothing was rewritten\n")
     for path in (args.doc, args.readme):
         if not path.is_file():
-            parser.exit(2, f"error: {path}: no such file\n")
-        for line in rewrite(path, args.results):
+            parser.exit(2, f"error: {path}: no such file; nothing was rewritten\n")
+    for path in (args.doc, args.readme):
+        for line in rewrite(path, records_by_device, args.results):
             print(f"{path.name}: left as it was: {line}")
         print(f"wrote {path}")
     return 0
