@@ -126,6 +126,36 @@ def test_correlation_attention_equals_official_masked_formula() -> None:
     torch.testing.assert_close(distill, expected_distill)
 
 
+@pytest.mark.parametrize("foreground_rows", [False, True])
+def test_correlation_attention_rows_of_foreground_tokens_only(foreground_rows: bool) -> None:
+    """The ``foreground_matching`` speed-up gives the official output, distillation map
+    and gradients, with foreground counts that differ across the batch (one is 0)."""
+    torch.manual_seed(0)
+    official = CorrelationAttention(width=16, heads=2, temperature=0.1).train()
+    fast = CorrelationAttention(width=16, heads=2, temperature=0.1).train()
+    fast.load_state_dict(official.state_dict())
+    fast.foreground_rows = foreground_rows
+    official.dropout.p = fast.dropout.p = 0.0  # same outputs without sharing the RNG
+    query, support = torch.randn(3, 20, 16), torch.randn(3, 24, 16)
+    fg = torch.zeros(3, 24)
+    fg[0, [2, 5, 23]] = 1
+    fg[1, 7:19] = 1
+    runs = []
+    for module in (official, fast):
+        q, s = query.clone().requires_grad_(), support.clone().requires_grad_()
+        out, distill = module(q, s, fg)
+        (out.square().sum() + distill.sum()).backward()
+        grads = [q.grad, s.grad] + [p.grad for p in module.parameters()]
+        runs.append((out, distill, grads))
+    (out_a, distill_a, grads_a), (out_b, distill_b, grads_b) = runs
+    torch.testing.assert_close(out_b, out_a)
+    torch.testing.assert_close(distill_b, distill_a)
+    for got, want in zip(grads_b, grads_a, strict=True):
+        assert got is not None and want is not None
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(out_a[2], official.out_proj(torch.zeros(20, 16)))  # no fg
+
+
 def test_background_support_tokens_have_no_effect() -> None:
     torch.manual_seed(0)
     stage = MatchingStage(width=16, matching="cosine", temperature=0.1).eval()

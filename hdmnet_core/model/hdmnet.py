@@ -72,7 +72,7 @@ from hdmnet_core.model.decoder import CoarseToFineDecoder
 from hdmnet_core.model.ensemble import BaseLearnerEnsemble, scene_difference
 from hdmnet_core.model.hierarchy import DecoupledHierarchy
 from hdmnet_core.model.losses import episode_losses
-from hdmnet_core.model.matching import MatchingStage
+from hdmnet_core.model.matching import CorrelationAttention, MatchingStage
 from hdmnet_core.model.priors import masked_average_prototype, prior_mask
 from hdmnet_core.model.pspnet import PSPNet
 
@@ -96,6 +96,9 @@ EXACT_SPEEDUPS: dict[str, str] = {
     "pooled_branch_conv": "classifier conv over the pyramid branches at their pooled size "
     "(bins 1..6) instead of on the upsampled 60 x 60 maps",
     "batched_hierarchy": "query and support maps through the decoupled hierarchy in one call",
+    "foreground_matching": "correlation attention scored for foreground support tokens "
+    "only: background tokens' values are zeroed after their own softmax row, so those "
+    "rows add exactly 0 (and get no gradient)",
 }
 """Named exact speed-ups (same outputs as the official dataflow up to float rounding);
 :meth:`HDMNet.use_speedups` picks a subset (the speed benchmark measures what each one
@@ -106,6 +109,7 @@ DEFAULT_SPEEDUPS: tuple[str, ...] = (
     "foreground_prior",
     "pooled_branch_conv",
     "batched_hierarchy",
+    "foreground_matching",
 )
 """On with ``ModelConfig.exact_speedups`` (default): the ones measured faster on CPU."""
 
@@ -228,6 +232,9 @@ class HDMNet(nn.Module):
             raise ValueError(f"HDMNet: unknown speed-ups {unknown}; known: {list(EXACT_SPEEDUPS)}")
         self.speedups = chosen
         self.pspnet.pooled_branch_conv = "pooled_branch_conv" in chosen
+        for module in self.matching.modules():
+            if isinstance(module, CorrelationAttention):
+                module.foreground_rows = "foreground_matching" in chosen
         return self
 
     # ------------------------------------------------------------------ modes
