@@ -152,8 +152,8 @@ def part_flops(by_module: dict[str, dict[Any, int]], prefix: str) -> int:
 
 def forward_flops(model: HDMNet, size: int, shots: int) -> dict[str, int]:
     """FLOPs of one eval forward at ``size`` x ``size``, total and per top-level part, of
-    the official dataflow (no exact speed-ups: they read mask boxes, values that the meta
-    device does not have; the meta part's FLOPs are the same either way)."""
+    the official dataflow (no exact speed-ups: they read mask boxes and foreground
+    positions, values that the meta device does not have)."""
     model.use_speedups(())
     with torch.device("meta"):
         query = torch.empty(1, 3, size, size)

@@ -52,6 +52,8 @@ def _as_labels(pred: Tensor, target: Tensor, num_classes: int, what: str) -> Ten
                 f"{what}: logits {tuple(pred.shape)} do not match target {tuple(target.shape)}; "
                 "bring them to the label geometry first (transforms.logits_to_label_geometry)"
             )
+        if num_classes == 2:  # argmax's choice, ties to channel 0, without the reduction
+            return (pred[:, 1] > pred[:, 0]).to(torch.int64)  # (B,2,H,W) -> (B,H,W)
         return pred.argmax(dim=1)  # (B,C,H,W) -> (B,H,W)
     if pred.dim() != 3 or pred.shape != target.shape:
         raise ValueError(
@@ -69,23 +71,27 @@ def _check_target(target: Tensor, num_classes: int, what: str) -> None:
     if target.dim() != 3 or target.is_floating_point():
         raise ValueError(f"{what}: target must be an integer (B,H,W) tensor, got "
                          f"{target.dtype} {tuple(target.shape)}")  # fmt: skip
-    valid = target != IGNORE_INDEX
-    if bool(((target[valid] < 0) | (target[valid] >= num_classes)).any()):
-        bad = sorted(set(target[valid].unique().tolist()) - set(range(num_classes)))
+    outside = (target != IGNORE_INDEX) & ((target < 0) | (target >= num_classes))
+    if bool(outside.any()):
+        bad = sorted(set(target[outside].unique().tolist()))
         raise ValueError(f"{what}: target values {bad} are outside 0..{num_classes - 1} and 255")
 
 
-def _intersection_union(pred: Tensor, target: Tensor, label: int) -> tuple[Tensor, Tensor]:
-    """Per-sample pixel counts of ``label``: intersection and union, each ``(B,)`` int64.
+def _binary_counts(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample pixel counts of a binary episode, each ``(B,)`` int64: background
+    intersection and union, foreground intersection and union.
 
-    Ignore pixels of the target are excluded from both prediction and target.
+    ``pred`` in {0, 1}, ``target`` in {0, 1, 255}; ignore pixels of the target are
+    excluded from both. On the valid pixels V, background is the complement of
+    foreground, so ``I_bg = |V| - U_fg`` and ``U_bg = |V| - I_fg``: one pass for both labels.
     """
     valid = target != IGNORE_INDEX
-    pred_is = (pred == label) & valid
-    target_is = target == label
-    intersection = (pred_is & target_is).flatten(1).sum(1)
-    union = (pred_is | target_is).flatten(1).sum(1)
-    return intersection.to(torch.int64), union.to(torch.int64)
+    pred_fg = (pred == 1) & valid
+    target_fg = target == 1
+    fg_i = (pred_fg & target_fg).flatten(1).sum(1)
+    fg_u = (pred_fg | target_fg).flatten(1).sum(1)
+    pixels = valid.flatten(1).sum(1)
+    return pixels - fg_u, pixels - fg_i, fg_i, fg_u
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -142,9 +148,7 @@ class SegmentationMeter:
             raise ValueError(f"class ids {unknown} are not among this meter's {self.class_ids}")
         slots = torch.tensor([self._slot[int(c)] for c in ids], dtype=torch.int64)
 
-        bg_i, bg_u = _intersection_union(labels, target, 0)  # each (B,)
-        fg_i, fg_u = _intersection_union(labels, target, 1)
-        fg_i, fg_u, bg_i, bg_u = fg_i.cpu(), fg_u.cpu(), bg_i.cpu(), bg_u.cpu()
+        bg_i, bg_u, fg_i, fg_u = (c.cpu() for c in _binary_counts(labels, target))  # (B,)
         self.class_intersection.index_add_(0, slots, fg_i)
         self.class_union.index_add_(0, slots, fg_u)
         self.class_episodes.index_add_(0, slots, torch.ones_like(slots))
@@ -247,9 +251,10 @@ class BaseLearnerMeter:
         # one confusion matrix (target x prediction) over the non-ignored pixels: the same
         # integer counts as one intersection/union pass per label, in one bincount
         n = self.num_classes
-        valid = target != IGNORE_INDEX
-        codes = target[valid].to(torch.int64) * n + labels[valid].to(torch.int64)
-        confusion = torch.bincount(codes.cpu(), minlength=n * n).reshape(n, n)
+        codes = target.to(torch.int64) * n + labels.to(torch.int64)
+        codes = torch.where(target != IGNORE_INDEX, codes, n * n)  # ignore -> one spare bin
+        confusion = torch.bincount(codes.flatten().cpu(), minlength=n * n + 1)[: n * n]
+        confusion = confusion.reshape(n, n)
         hits = confusion.diagonal()
         predicted = confusion.sum(dim=0)  # (n,) prediction counts on valid pixels
         actual = confusion.sum(dim=1)  # (n,) target counts

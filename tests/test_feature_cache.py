@@ -13,12 +13,14 @@ from hdmnet_core.data.datasets import open_source
 from hdmnet_core.data.episodes import EpisodeDataset, build_episode_dataset, collate_episodes
 from hdmnet_core.engine.evaluate import evaluate_episodes, evaluation_model
 from hdmnet_core.engine.feature_cache import (
-    CACHED_LAYERS,
+    CACHED_ENTRIES,
     build_feature_cache,
     foreground_positions,
     plan_feature_cache,
 )
-from hdmnet_core.model.hdmnet import HDMNet
+from hdmnet_core.model.ensemble import gram_matrix
+from hdmnet_core.model.hdmnet import HDMNet, mid_features
+from hdmnet_core.model.priors import foreground_columns
 
 CPU = torch.device("cpu")
 
@@ -111,25 +113,40 @@ def test_cached_features_are_what_the_model_reads(data_root: Path) -> None:
     spec = dataset.episode_spec(0)
     support_fg = (batch["support_masks"] == 1).float()  # (1, K, H, W)
     with torch.no_grad():
-        query_want, support_want = runner.frozen_features(
+        query_feats, support_feats = runner.frozen_features(
             batch["query_image"], batch["support_images"], support_fg
         )
         query_got = cache.query_features([spec.query])
         keys = [(s, spec.class_id) for s in spec.supports]
         support_got = cache.support_features(keys, support_fg.flatten(0, 1))
-    assert set(query_got) == set(support_got) == set(CACHED_LAYERS)  # no layer0 / layer1
-    for layer in CACHED_LAYERS:
-        torch.testing.assert_close(query_got[layer], query_want[layer], rtol=0, atol=1e-5)
-    for layer in ("layer2", "layer3"):
-        torch.testing.assert_close(support_got[layer], support_want[layer], rtol=0, atol=1e-5)
+        support_columns = cache.support_columns(keys, support_fg)
+    query_want = {
+        "mid": mid_features(query_feats),
+        "layer2_gram": gram_matrix(query_feats["layer2"]),
+        "layer4": query_feats["layer4"],
+        "feat5": query_feats["feat5"],
+    }
+    assert set(query_got) == set(support_got) == set(CACHED_ENTRIES)  # no layer0 / layer1
+    for name in CACHED_ENTRIES:
+        torch.testing.assert_close(query_got[name], query_want[name], rtol=0, atol=1e-5)
+    torch.testing.assert_close(support_got["mid"], mid_features(support_feats), rtol=0, atol=1e-5)
+    support_gram = gram_matrix(support_feats["layer2"])
+    torch.testing.assert_close(support_got["layer2_gram"], support_gram, rtol=0, atol=1e-5)
     for layer in ("layer4", "feat5"):  # kept where the priors read them, zero elsewhere
-        grid = support_want[layer].shape[-2:]
+        want_maps = support_feats[layer]
+        grid = want_maps.shape[-2:]
         for n, where in enumerate(foreground_positions(support_fg[0], (grid[0], grid[1]))):
-            got, want = support_got[layer][n].flatten(1), support_want[layer][n].flatten(1)
+            got, want = support_got[layer][n].flatten(1), want_maps[n].flatten(1)
             torch.testing.assert_close(got[:, where], want[:, where], rtol=0, atol=1e-5)
             outside = torch.ones(got.shape[1], dtype=torch.bool)
             outside[where] = False
             assert torch.count_nonzero(got[:, outside]) == 0
+        # the columns the foreground prior gathers from the full maps
+        gathered = foreground_columns(want_maps[None], support_fg)
+        columns = support_columns[layer]
+        assert columns.positions == gathered.positions
+        assert torch.equal(columns.counts, gathered.counts)
+        torch.testing.assert_close(columns.values, gathered.values, rtol=0, atol=1e-5)
 
 
 def test_plan_counts_each_image_once_and_stores_support_maps_only_where_read(
@@ -161,7 +178,7 @@ def test_mixed_precision_cache_keeps_each_layer_dtype(data_root: Path) -> None:
     cache = build_feature_cache(model, [dataset], device=CPU, amp="bf16", log=lambda _: None)
     assert cache is not None
     # the oneDNN backbone computes in fp32, feat5 (a conv under autocast) in bf16
-    assert cache.plan.dtypes["layer2"] == torch.float32
+    assert cache.plan.dtypes["mid"] == torch.float32
     assert cache.plan.dtypes["feat5"] == torch.bfloat16
     uncached = evaluate_episodes(model, dataset, device=CPU, amp="bf16")
     cached = evaluate_episodes(model, dataset, device=CPU, amp="bf16", feature_cache=cache)

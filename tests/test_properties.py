@@ -24,7 +24,7 @@ from hdmnet_core.data.transforms import (
     TrainTransform,
     to_tv_tensors,
 )
-from hdmnet_core.metrics import SegmentationMeter
+from hdmnet_core.metrics import BaseLearnerMeter, SegmentationMeter
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True)
 IGNORE = 255
@@ -222,3 +222,45 @@ def test_ignore_only_masks_count_nothing(shape: tuple[int, int], data: st.DataOb
     meter = scored(pred, torch.full(shape, IGNORE, dtype=torch.int64))
     assert int(meter.fb_union.sum()) == 0 and int(meter.class_union.sum()) == 0
     assert meter.miou() == 0.0 and meter.fbiou() == 0.0
+
+
+def per_label_counts(pred: np.ndarray, target: np.ndarray, label: int) -> tuple[int, int]:
+    """The definition: intersection and union of ``label`` over the non-ignored pixels."""
+    valid = target != IGNORE
+    pred_is, target_is = (pred == label) & valid, target == label
+    return int((pred_is & target_is).sum()), int((pred_is | target_is).sum())
+
+
+@FAST
+@given(target=binary_masks(), data=st.data())
+def test_episode_counts_equal_the_per_label_definition(
+    target: np.ndarray, data: st.DataObject
+) -> None:
+    # few distinct logit values, so that ties (argmax: the first channel) are common
+    values = st.sampled_from([-1.0, 0.0, 0.5])
+    logits = data.draw(hnp.arrays(np.float32, (2, *target.shape), elements=values))
+    meter = SegmentationMeter([1])
+    meter.update(
+        torch.from_numpy(logits)[None], torch.from_numpy(target.astype(np.int64))[None], [1]
+    )
+    pred = logits.argmax(axis=0)
+    for label in (0, 1):
+        want = per_label_counts(pred, target, label)
+        assert (int(meter.fb_intersection[label]), int(meter.fb_union[label])) == want
+
+
+@FAST
+@given(shape=st.tuples(sides, sides), data=st.data())
+def test_base_learner_counts_equal_the_per_label_definition(
+    shape: tuple[int, int], data: st.DataObject
+) -> None:
+    labels = st.sampled_from([0, 1, 2, 3, IGNORE])
+    target = data.draw(hnp.arrays(np.int64, shape, elements=labels))
+    logits = data.draw(hnp.arrays(np.float32, (4, *shape), elements=st.sampled_from([0.0, 1.0])))
+    meter = BaseLearnerMeter(4)
+    meter.update(torch.from_numpy(logits)[None], torch.from_numpy(target)[None])
+    pred = logits.argmax(axis=0)
+    for label in range(4):
+        want = per_label_counts(pred, target, label)
+        assert (int(meter.intersection[label]), int(meter.union[label])) == want
+        assert int(meter.target_area[label]) == int((target == label).sum())

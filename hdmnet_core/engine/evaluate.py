@@ -218,9 +218,13 @@ def cached_forward(
     support_fg = (support_masks == 1).to(torch.float32)  # as forward: the image dtype
     keys: list[SupportKey] = [key for episode in batch["support_keys"] for key in episode]
     query_feats = cache.query_features(batch["query_index"])
-    support_feats = cache.support_features(keys, support_fg.flatten(0, 1))
+    columns = "foreground_prior" in runner.speedups  # the priors read foreground columns
+    support_feats = cache.support_features(keys, support_fg.flatten(0, 1), prior_maps=not columns)
+    support_columns = cache.support_columns(keys, support_fg) if columns else None
     size = (support_masks.shape[-2], support_masks.shape[-1])
-    return runner.forward_from_features(query_feats, support_feats, support_fg, size)
+    return runner.forward_from_features(
+        query_feats, support_feats, support_fg, size, support_columns=support_columns
+    )
 
 
 def score_batch(
@@ -230,7 +234,8 @@ def score_batch(
     meta: SegmentationMeter,
     base: BaseLearnerMeter,
 ) -> None:
-    """Official geometry per episode: logits to the original label size, 255 padding."""
+    """Official geometry per episode: logits to the original label size (the official
+    255 padding to a square changes no count, so it is skipped)."""
     from hdmnet_core.data.transforms import logits_to_label_geometry
 
     for b, (mask, base_label) in enumerate(
@@ -238,9 +243,11 @@ def score_batch(
     ):
         class_id = batch["class_id"][b : b + 1]
         for meter, logits in ((final, out.final_logits), (meta, out.meta_logits)):
-            scored, target = logits_to_label_geometry(logits[b : b + 1], mask)  # (1,2,L,L)
-            meter.update(scored, target, class_id)
-        scored, target = logits_to_label_geometry(out.base_logits[b : b + 1], base_label)
+            scored, target = logits_to_label_geometry(logits[b : b + 1], mask, pad_to_square=False)
+            meter.update(scored, target, class_id)  # scored (1, 2, H, W)
+        scored, target = logits_to_label_geometry(
+            out.base_logits[b : b + 1], base_label, pad_to_square=False
+        )
         base.update(scored, target)
 
 

@@ -5,21 +5,26 @@ In evaluation the frozen PSPNet (backbone, pyramid pooling, ``feat5``) gives the
 result for a query image in every episode (the evaluation transform is a deterministic
 resize), and the same result for a (support image, class) pair (the support is multiplied
 by its class mask before the backbone). It is about 95 % of an evaluation forward at
-473 x 473. The cache stores, for the images that the planned episodes use:
+473 x 473. The cache stores, for the images that the planned episodes use, what the rest
+of the model reads of them, in the form it reads it:
 
-| entry | layers | where the model reads them |
+| entry | stored | where the model reads it |
 |---|---|---|
-| query image | ``layer2``, ``layer3`` (C, h, w) | mid features -> ``query_reduce``; scene difference |
+| query image | ``mid`` = ``cat(layer3, layer2)`` (C, h, w) | ``query_reduce`` |
+| | ``layer2_gram``: Gram matrix of ``layer2`` (C, C) | scene difference |
 | | ``layer4``, ``feat5`` (C, h, w) | prior masks; base learner (``feat5``) |
-| (support image, class) | ``layer2``, ``layer3`` (C, h, w) | mid features -> ``support_reduce``; scene difference |
+| (support image, class) | ``mid``, ``layer2_gram`` as for the query | ``support_reduce``; scene difference |
 | | ``layer4``, ``feat5`` at the mask's foreground positions only (C, n_fg) | prior masks |
 
 The priors multiply the support ``layer4`` / ``feat5`` by the nearest-resized mask before
-anything else (official ``get_similarity``), so only the foreground positions are kept;
-they are scattered back into zero maps per episode, which gives the priors bit for bit
-what they compute from the full maps. ``layer0`` / ``layer1`` are never read after the
-backbone and are not stored. Per episode, :meth:`HDMNet.forward_from_features` then runs
-exactly the functions of the uncached forward: priors, base learner, meta learner, ensemble.
+anything else (official ``get_similarity``), so only the foreground positions are kept.
+With the ``foreground_prior`` speed-up the priors read exactly these columns
+(:class:`~hdmnet_core.model.priors.ForegroundColumns`, the tensor they would gather from
+the full maps); without it they are scattered back into zero maps, which gives the
+official-order priors what they compute from the full maps. ``layer0`` / ``layer1`` are
+never read after the backbone and are not stored. Per episode,
+:meth:`HDMNet.forward_from_features` then runs exactly the functions of the uncached
+forward: priors, base learner, meta learner, ensemble.
 
 Exactness: each image's features are computed alone (a batch of one). The uncached
 forward computes the K supports of an episode as one batch, and a batched conv can round
@@ -35,8 +40,8 @@ not change, so a cache built once serves every validation run;
 :meth:`FeatureCache.check_serves` refuses a model with other frozen weights.
 
 Memory (:meth:`CachePlan.describe` prints it before anything is built): at 473 x 473 with
-ResNet-50 a query image takes 59 MB in fp32 and a support pair 22 MB plus 10 KB per
-foreground position. Storage: the GPU (or RAM when evaluating on the CPU) when it fits,
+ResNet-50 a query image takes 60 MB in fp32 and a support pair 23 MB plus 10 KB per
+foreground position (the Gram matrix is 1 MB of each). Storage: the GPU (or RAM when evaluating on the CPU) when it fits,
 else memory-mapped files on disk; when the plan exceeds ``eval.cache_budget_gb`` the
 evaluation falls back to the uncached path with a message (``eval.cache="on"`` makes
 that an error).
@@ -45,6 +50,7 @@ that an error).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -64,16 +70,19 @@ from tqdm.auto import tqdm
 from hdmnet_core.config import ConfigError
 from hdmnet_core.data.episodes import EpisodeDataset, binary_mask
 from hdmnet_core.data.transforms import EvalTransform
-from hdmnet_core.model.hdmnet import HDMNet
+from hdmnet_core.model.ensemble import gram_matrix
+from hdmnet_core.model.hdmnet import HDMNet, mid_features
 from hdmnet_core.model.inference import inference_copy
+from hdmnet_core.model.priors import ForegroundColumns
 
-FULL_LAYERS: tuple[str, ...] = ("layer2", "layer3")
-"""Stored as full maps for queries and supports (mid features, scene difference)."""
+FULL_ENTRIES: tuple[str, ...] = ("mid", "layer2_gram")
+"""Stored whole for queries and supports: the mid features and the scene difference's
+Gram matrix."""
 
 PRIOR_LAYERS: tuple[str, ...] = ("layer4", "feat5")
 """Full maps for queries; foreground positions only for supports (read by the priors)."""
 
-CACHED_LAYERS: tuple[str, ...] = FULL_LAYERS + PRIOR_LAYERS
+CACHED_ENTRIES: tuple[str, ...] = FULL_ENTRIES + PRIOR_LAYERS
 
 FROZEN_SPEEDUPS: tuple[str, ...] = ("support_feat5_in_box", "pooled_branch_conv")
 """Exact speed-ups that change how the frozen features are computed (float rounding)."""
@@ -86,6 +95,16 @@ GB = 1e9
 
 
 # ------------------------------------------------------------------------ helpers
+def cached_entries(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the cache stores of frozen features (each (N, ...)): :data:`CACHED_ENTRIES`."""
+    return {
+        "mid": mid_features(features),  # (N, C2 + C3, h, w)
+        "layer2_gram": gram_matrix(features["layer2"]),  # (N, C2, C2)
+        "layer4": features["layer4"],
+        "feat5": features["feat5"],
+    }
+
+
 def foreground_positions(support_fg: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
     """(N, H, W) masks -> per mask the flat positions (ascending) on an ``h x w`` grid that
     are foreground after nearest resizing, exactly as :func:`~hdmnet_core.model.priors.prior_mask`
@@ -158,8 +177,9 @@ class CachePlan:
     eval_size: int
     queries: tuple[int, ...]
     supports: tuple[SupportKey, ...]
-    layer_shapes: dict[str, tuple[int, int, int]]
-    """(C, h, w) of each cached layer at ``eval_size``."""
+    layer_shapes: dict[str, tuple[int, ...]]
+    """Shape of each cached entry for one image at ``eval_size``: (C, h, w), or (C, C) for
+    ``layer2_gram``."""
     support_foreground: dict[SupportKey, dict[str, int]]
     """Foreground positions of each support pair on each prior layer's grid."""
     dtypes: dict[str, torch.dtype]
@@ -167,9 +187,9 @@ class CachePlan:
     ``feat5`` under CPU autocast with the oneDNN backbone)."""
 
     def buffer_dtypes(self) -> dict[str, torch.dtype]:
-        """dtype of each stored buffer (``query/layer2`` ... ``support/feat5``)."""
+        """dtype of each stored buffer (``query/mid`` ... ``support/feat5``)."""
         return {f"{kind}/{layer}": self.dtypes[layer]
-                for kind in ("query", "support") for layer in CACHED_LAYERS}  # fmt: skip
+                for kind in ("query", "support") for layer in CACHED_ENTRIES}  # fmt: skip
 
     def buffer_bytes(self) -> dict[str, int]:
         sizes = self.buffer_dtypes()
@@ -179,16 +199,16 @@ class CachePlan:
         }
 
     def elements(self) -> dict[str, int]:
-        """Elements of each stored buffer (``query/layer2`` ... ``support/feat5``)."""
+        """Elements of each stored buffer (``query/mid`` ... ``support/feat5``)."""
         sizes: dict[str, int] = {}
-        for layer in CACHED_LAYERS:
-            c, h, w = self.layer_shapes[layer]
-            sizes[f"query/{layer}"] = len(self.queries) * c * h * w
-            if layer in FULL_LAYERS:
-                sizes[f"support/{layer}"] = len(self.supports) * c * h * w
+        for layer in CACHED_ENTRIES:
+            shape = self.layer_shapes[layer]
+            sizes[f"query/{layer}"] = len(self.queries) * math.prod(shape)
+            if layer in FULL_ENTRIES:
+                sizes[f"support/{layer}"] = len(self.supports) * math.prod(shape)
             else:
                 positions = sum(counts[layer] for counts in self.support_foreground.values())
-                sizes[f"support/{layer}"] = positions * c
+                sizes[f"support/{layer}"] = positions * shape[0]
         return sizes
 
     @property
@@ -240,9 +260,9 @@ def plan_feature_cache(
     for image, class_id in supports:
         mask = resize_mask(binary_mask(source.load_mask(image), class_id), size)
         fg = (mask == 1).float()[None]
+        grids = {layer: (layer_shapes[layer][1], layer_shapes[layer][2]) for layer in PRIOR_LAYERS}
         foreground[(image, class_id)] = {
-            layer: int(foreground_positions(fg, layer_shapes[layer][1:])[0].numel())
-            for layer in PRIOR_LAYERS
+            layer: int(foreground_positions(fg, grid)[0].numel()) for layer, grid in grids.items()
         }
     return CachePlan(
         source.name, size, tuple(queries), tuple(supports), layer_shapes, foreground, dtypes
@@ -251,13 +271,14 @@ def plan_feature_cache(
 
 def _probe_shapes(
     model: HDMNet, size: int, device: torch.device, amp: str
-) -> tuple[dict[str, tuple[int, int, int]], dict[str, torch.dtype]]:
-    """Shapes and dtypes of the cached layers, from one zero image through the frozen part."""
+) -> tuple[dict[str, tuple[int, ...]], dict[str, torch.dtype]]:
+    """Shapes and dtypes of the cached entries, from one zero image through the frozen part."""
     with torch.no_grad(), autocast(device, amp):
-        features = model.pspnet.frozen_features(torch.zeros(1, 3, size, size, device=device))
-    shapes = {layer: tuple(features[layer].shape[1:]) for layer in CACHED_LAYERS}
-    dtypes = {layer: features[layer].dtype for layer in CACHED_LAYERS}
-    return shapes, dtypes  # type: ignore[return-value]
+        image = torch.zeros(1, 3, size, size, device=device)
+        entries = cached_entries(model.pspnet.frozen_features(image))
+    shapes = {name: tuple(entries[name].shape[1:]) for name in CACHED_ENTRIES}
+    dtypes = {name: entries[name].dtype for name in CACHED_ENTRIES}
+    return shapes, dtypes
 
 
 # ------------------------------------------------------------------------ storage
@@ -395,18 +416,21 @@ class FeatureCache:
 
     # ---------------------------------------------------------------- writing
     def store_query(self, image: int, features: dict[str, torch.Tensor]) -> None:
-        """Store one query image's features (each (1, C, h, w))."""
+        """Store one query image's frozen features (each (1, C, h, w))."""
         row = self.query_rows[image]
-        for layer in CACHED_LAYERS:
-            self._write(f"query/{layer}", row, features[layer][0])
+        entries = cached_entries(features)
+        for name in CACHED_ENTRIES:
+            self._write(f"query/{name}", row, entries[name][0])
 
     def store_support(
         self, key: SupportKey, features: dict[str, torch.Tensor], support_fg: torch.Tensor
     ) -> None:
-        """Store one support pair's features (each (1, C, h, w)); ``support_fg`` (1, H, W)."""
+        """Store one support pair's frozen features (each (1, C, h, w)); ``support_fg``
+        (1, H, W)."""
         row = self.support_rows[key]
-        for layer in FULL_LAYERS:
-            self._write(f"support/{layer}", row, features[layer][0])
+        entries = cached_entries(features)
+        for name in FULL_ENTRIES:
+            self._write(f"support/{name}", row, entries[name][0])
         for layer in PRIOR_LAYERS:
             flat = features[layer][0].flatten(1)  # (C, h*w)
             grid = (features[layer].shape[-2], features[layer].shape[-1])
@@ -428,12 +452,12 @@ class FeatureCache:
 
     # ---------------------------------------------------------------- reading
     def query_features(self, images: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Stored features of query images: per layer (B, C, h, w) on ``self.device``."""
+        """Stored entries of query images: per entry (B, ...) on ``self.device``."""
         missing = [q for q in images if q not in self.query_rows]
         if missing:
             raise KeyError(f"feature cache has no query image(s) {missing}; plan with them")
         out = {}
-        for layer in CACHED_LAYERS:
+        for layer in CACHED_ENTRIES:
             shape = self.plan.layer_shapes[layer]
             out[layer] = torch.stack(
                 [self._read(f"query/{layer}", self.query_rows[q], shape) for q in images]
@@ -441,41 +465,71 @@ class FeatureCache:
         return out
 
     def support_features(
-        self, keys: Sequence[SupportKey], support_fg: torch.Tensor
+        self, keys: Sequence[SupportKey], support_fg: torch.Tensor, prior_maps: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Stored features of support pairs, per layer (N, C, h, w); ``support_fg`` (N, H, W)
-        are the episode's support masks (1 = foreground). ``layer4`` / ``feat5`` hold the
-        stored values at the foreground positions and 0 elsewhere."""
+        """Stored entries of support pairs, per entry (N, ...); ``support_fg`` (N, H, W)
+        are the episode's support masks (1 = foreground). With ``prior_maps``, ``layer4`` /
+        ``feat5`` as (N, C, h, w) maps: the stored values at the foreground positions and 0
+        elsewhere (for the official-order priors; else read :meth:`support_columns`)."""
         missing = [k for k in keys if k not in self.support_rows]
         if missing:
             raise KeyError(f"feature cache has no support pair(s) {missing}; plan with them")
         out = {}
-        for layer in FULL_LAYERS:
+        for layer in FULL_ENTRIES:
             shape = self.plan.layer_shapes[layer]
             out[layer] = torch.stack(
                 [self._read(f"support/{layer}", self.support_rows[k], shape) for k in keys]
             )
+        if not prior_maps:
+            return out
         for layer in PRIOR_LAYERS:
             c, h, w = self.plan.layer_shapes[layer]
             positions = foreground_positions(support_fg, (h, w))
             dtype = self.plan.dtypes[layer]
             maps = torch.zeros(len(keys), c, h * w, dtype=dtype, device=self.device)
-            buffer = self.buffers.tensors[f"support/{layer}"]
             for n, (key, where) in enumerate(zip(keys, positions, strict=True)):
-                count = self.plan.support_foreground[key][layer]
-                if where.numel() != count:
-                    raise ValueError(
-                        f"feature cache: support {key}'s mask has {where.numel()} foreground "
-                        f"positions on the {layer} grid, the cache stored {count}"
-                    )
-                offset = self.foreground_offsets[layer][key]
-                values = buffer[offset : offset + c * count].view(c, count)
-                maps[n].index_copy_(1, where.to(self.device), values.to(self.device))
+                values = self._foreground(layer, key, where.numel())  # (C, n_fg)
+                maps[n].index_copy_(1, where.to(self.device), values)
             out[layer] = maps.view(len(keys), c, h, w)
         return out
 
-    def _read(self, name: str, row: int, shape: tuple[int, int, int]) -> torch.Tensor:
-        n = shape[0] * shape[1] * shape[2]
+    def support_columns(
+        self, keys: Sequence[SupportKey], support_fg: torch.Tensor
+    ) -> dict[str, ForegroundColumns]:
+        """The supports' ``layer4`` / ``feat5`` foreground columns, as the ``foreground_prior``
+        path gathers them from the full maps; ``keys`` in episode order (B*K), ``support_fg``
+        (B, K, H, W)."""
+        b, k = support_fg.shape[:2]
+        out = {}
+        for layer in PRIOR_LAYERS:
+            c, h, w = self.plan.layer_shapes[layer]
+            positions = foreground_positions(support_fg.flatten(0, 1), (h, w))
+            counts = [where.numel() for where in positions]
+            values = torch.zeros(
+                b * k, c, max(max(counts), 1), dtype=self.plan.dtypes[layer], device=self.device
+            )
+            for n, (key, count) in enumerate(zip(keys, counts, strict=True)):
+                values[n, :, :count] = self._foreground(layer, key, count)
+            counts_tensor = torch.tensor(counts, device=self.device).reshape(b, k, 1)
+            out[layer] = ForegroundColumns(values.unflatten(0, (b, k)), counts_tensor, h * w)
+        return out
+
+    def _foreground(self, layer: str, key: SupportKey, count: int) -> torch.Tensor:
+        """(C, n_fg) stored foreground columns of a support pair; ``count``: the episode
+        mask's foreground positions, which must be the stored ones."""
+        stored = self.plan.support_foreground[key][layer]
+        if count != stored:
+            raise ValueError(
+                f"feature cache: support {key}'s mask has {count} foreground positions on "
+                f"the {layer} grid, the cache stored {stored}"
+            )
+        c = self.plan.layer_shapes[layer][0]
+        offset = self.foreground_offsets[layer][key]
+        buffer = self.buffers.tensors[f"support/{layer}"]
+        return buffer[offset : offset + c * count].view(c, count).to(self.device)
+
+    def _read(self, name: str, row: int, shape: tuple[int, ...]) -> torch.Tensor:
+        n = math.prod(shape)
         value = self.buffers.tensors[name][row * n : (row + 1) * n].view(shape)
         return value.to(self.device, non_blocking=True)
 
@@ -569,7 +623,7 @@ def fill_feature_cache(
 
 
 __all__ = [
-    "CACHED_LAYERS",
+    "CACHED_ENTRIES",
     "CachePlan",
     "FeatureCache",
     "autocast",

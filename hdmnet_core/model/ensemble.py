@@ -54,6 +54,11 @@ def scene_difference(query_low: torch.Tensor, support_low: torch.Tensor) -> torc
     b, k = support_low.shape[:2]
     query_gram = gram_matrix(query_low)  # (B, C, C)
     support_gram = gram_matrix(support_low.flatten(0, 1)).unflatten(0, (b, k))  # (B, K, C, C)
+    return gram_difference(query_gram, support_gram)
+
+
+def gram_difference(query_gram: torch.Tensor, support_gram: torch.Tensor) -> torch.Tensor:
+    """:func:`scene_difference` from the Gram matrices: (B, C, C), (B, K, C, C) -> (B, K)."""
     channels = query_gram.shape[-1]
     difference = (query_gram[:, None] - support_gram).flatten(2).norm(dim=2)  # (B, K)
     return difference / float(channels)  # ||ones(C, C)||_F = C

@@ -69,11 +69,11 @@ from torch import nn
 
 from hdmnet_core.config import ModelConfig
 from hdmnet_core.model.decoder import CoarseToFineDecoder
-from hdmnet_core.model.ensemble import BaseLearnerEnsemble, scene_difference
+from hdmnet_core.model.ensemble import BaseLearnerEnsemble, gram_difference, gram_matrix
 from hdmnet_core.model.hierarchy import DecoupledHierarchy
 from hdmnet_core.model.losses import episode_losses
 from hdmnet_core.model.matching import CorrelationAttention, MatchingStage
-from hdmnet_core.model.priors import masked_average_prototype, prior_mask
+from hdmnet_core.model.priors import ForegroundColumns, masked_average_prototype, prior_mask
 from hdmnet_core.model.pspnet import PSPNet
 
 PRIOR_CHANNELS = 2
@@ -162,7 +162,10 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tens
 
 
 def mid_features(features: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``cat(layer3, layer2)``; ``layer2`` is resized to ``layer3``'s size first (VGG)."""
+    """``cat(layer3, layer2)``; ``layer2`` is resized to ``layer3``'s size first (VGG).
+    A ``mid`` entry (the feature cache stores this concatenation) is used as it is."""
+    if "mid" in features:
+        return features["mid"]
     layer3 = features["layer3"]
     layer2 = resize_to(features["layer2"], layer3.shape[-2:])
     return torch.cat([layer3, layer2], dim=1)
@@ -305,6 +308,7 @@ class HDMNet(nn.Module):
         support_fg: torch.Tensor,
         size: tuple[int, int] | torch.Size,
         base_channel: torch.Tensor | None = None,
+        support_columns: dict[str, ForegroundColumns] | None = None,
     ) -> HDMNetOutput:
         """Everything after :meth:`frozen_features` (priors, meta learner, ensemble), without
         losses; logits resized to ``size``. The feature-cached evaluation
@@ -312,10 +316,14 @@ class HDMNet(nn.Module):
 
         Reads ``layer2``, ``layer3``, ``layer4`` and ``feat5`` of the query (B, ...) and of
         the supports (B*K, ...); support ``layer4`` / ``feat5`` only at the foreground
-        positions of ``support_fg`` (B, K, H, W) nearest-resized to their grid.
+        positions of ``support_fg`` (B, K, H, W) nearest-resized to their grid. What the
+        feature cache stores may replace them: ``mid`` (:func:`mid_features`) for
+        ``layer2`` / ``layer3``, ``layer2_gram`` (:func:`gram_matrix` of ``layer2``) for the
+        scene difference, and ``support_columns`` (the support ``layer4`` / ``feat5``
+        foreground columns) for the support maps of the priors.
         """
         with torch.no_grad():
-            priors = self.prior_masks(query_feats, support_feats, support_fg)  # (B, 2, h, w)
+            priors = self.prior_masks(query_feats, support_feats, support_fg, support_columns)
             base_small = self.pspnet.base_learner_logits(query_feats["feat5"])  # (B, C+1, h, w)
         query_x, support_x = self.merged_features(query_feats, support_feats, support_fg, priors)
         meta_small, distill_maps = self.meta_learner(query_x, support_x, support_fg, priors)
@@ -370,27 +378,34 @@ class HDMNet(nn.Module):
         query_feats: dict[str, torch.Tensor],
         support_feats: dict[str, torch.Tensor],
         support_fg: torch.Tensor,
+        support_columns: dict[str, ForegroundColumns] | None = None,
     ) -> torch.Tensor:
-        """(B, 2, h, w) priors from ``feat5`` and ``layer4``, at the mid-feature size."""
+        """(B, 2, h, w) priors from ``feat5`` and ``layer4``, at the mid-feature size.
+        ``support_columns``: the supports' foreground columns instead of their maps."""
         b, k = support_fg.shape[:2]
-        priors = [
-            prior_mask(
-                query_feats[name],
-                support_feats[name].unflatten(0, (b, k)),
-                support_fg,
-                foreground_only="foreground_prior" in self.speedups,
-            )
-            for name in ("feat5", "layer4")
-        ]
-        return resize_to(torch.cat(priors, dim=1), query_feats["layer3"].shape[-2:])
+        priors = []
+        for name in ("feat5", "layer4"):
+            support: torch.Tensor | ForegroundColumns
+            if support_columns is not None:
+                support = support_columns[name]
+            else:
+                support = support_feats[name].unflatten(0, (b, k))
+            foreground_only = "foreground_prior" in self.speedups
+            priors.append(prior_mask(query_feats[name], support, support_fg, foreground_only))
+        return resize_to(torch.cat(priors, dim=1), mid_features(query_feats).shape[-2:])
 
     def scene_differences(
         self, query_feats: dict[str, torch.Tensor], support_feats: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """BAM's per-shot scene difference on ``layer2`` (official ``low_fea``): (B, K)."""
-        query_low = query_feats["layer2"]
-        support_low = support_feats["layer2"].unflatten(0, (query_low.shape[0], -1))
-        return scene_difference(query_low, support_low)
+        """BAM's per-shot scene difference on ``layer2`` (official ``low_fea``): (B, K).
+        Stored ``layer2_gram`` entries are used instead of recomputing the Gram matrices."""
+        query_gram = query_feats.get("layer2_gram")
+        if query_gram is None:
+            query_gram = gram_matrix(query_feats["layer2"])  # (B, C, C)
+        support_gram = support_feats.get("layer2_gram")
+        if support_gram is None:
+            support_gram = gram_matrix(support_feats["layer2"])  # (B*K, C, C)
+        return gram_difference(query_gram, support_gram.unflatten(0, (query_gram.shape[0], -1)))
 
     def merged_features(
         self,
