@@ -102,9 +102,26 @@ def prior_mask(
 
 
 def foreground_prior(query_features: torch.Tensor, columns: ForegroundColumns) -> torch.Tensor:
-    """:func:`prior_mask` from the foreground columns: (B, C, h, w) -> (B, 1, h, w)."""
-    b = query_features.shape[0]
-    best = cosine_map(query_features, columns.values).amax(dim=2)  # (B, K, Nq)
+    """:func:`prior_mask` from the foreground columns: (B, C, h, w) -> (B, 1, h, w).
+
+    Masks with different foreground counts are scored one by one, each over its own
+    columns only (no product over the padding columns, which can be most of them at K
+    shots); equal counts share one product.
+    """
+    b, k = columns.values.shape[:2]
+    counts = columns.counts.flatten().tolist()
+    if len(set(counts)) == 1:
+        best = cosine_map(query_features, columns.values).amax(dim=2)  # (B, K, Nq)
+    else:
+        per_mask = [
+            cosine_map(query_features[i : i + 1], columns.values[i : i + 1, j : j + 1, :, :n]).amax(
+                dim=2
+            )  # (1, 1, Nq)
+            for i in range(b)
+            for j in range(k)
+            for n in [max(int(counts[i * k + j]), 1)]  # an empty mask: its one zero column
+        ]
+        best = torch.cat(per_mask, dim=1).reshape(b, k, -1)  # (B, K, Nq)
     # a background position anywhere contributes its cosine 0 to the max
     best = torch.where(columns.counts < columns.positions, best.clamp(min=0), best)
     return best.mean(dim=1).reshape(b, 1, *query_features.shape[-2:])
