@@ -86,6 +86,8 @@ def test_evaluation_speed_benchmark_runs_and_cached_counts_match(tmp_path: Path)
     for row in rows:
         assert row["same_counts"]  # cached = uncached intersection/union sums
         assert row["uncached_s"] > 0 and row["cached_s"] > 0 and row["build_s_per_image"] > 0
+        assert row["check_s"] > 0  # the cache's weight check, timed apart from the episodes
+        assert all(t > 0 for t in row["end_to_end_s"].values())
         assert row["protocol"]["query_images"] > 0 and row["protocol"]["support_pairs"] > 0
         assert {"pascal", "coco"} == row["projected"].keys()
 

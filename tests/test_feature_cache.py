@@ -81,6 +81,7 @@ def test_cached_evaluation_has_the_uncached_intersections_and_unions(
         uncached = evaluate_episodes(runner, dataset, device=CPU)
         cached = evaluate_episodes(runner, dataset, device=CPU, feature_cache=cache)
         assert cached.cached and not uncached.cached
+        assert 0 < cached.check_seconds < cached.seconds and uncached.check_seconds == 0
         assert uncached.episodes == cached.episodes == 10
         for want, got in zip(counts(uncached), counts(cached), strict=True):
             assert torch.equal(want, got)

@@ -95,6 +95,7 @@ class EpisodeScores:
     episodes: int
     seconds: float
     cached: bool
+    check_seconds: float = 0.0  # of ``seconds``: the cache's frozen-weight check, once a run
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: ``final``/``meta`` (mIoU, FB-IoU, per-class IoU), ``base`` (mIoU,
@@ -105,6 +106,7 @@ class EpisodeScores:
             "seconds": self.seconds,
             "episodes_per_second": self.episodes / self.seconds if self.seconds > 0 else 0.0,
             "cached": self.cached,
+            "check_seconds": self.check_seconds,
             "final": _json_keys(self.final.summary()),
             "meta": _json_keys(self.meta.summary()),
             "base": _json_keys(self.base.summary()),
@@ -154,8 +156,10 @@ def evaluate_episodes(
     indices = shard_indices(len(dataset))
     start = time.perf_counter()
     loader: DataLoader[dict[str, Any]]
+    check_seconds = 0.0
     if feature_cache is not None:
         feature_cache.check_serves(runner, dataset, amp, device)
+        check_seconds = time.perf_counter() - start
         loader = _loader(CachedEpisodes(dataset, indices), batch_size, num_workers, device)
     else:
         loader = _loader(_Subset(dataset, indices), batch_size, num_workers, device)
@@ -183,8 +187,9 @@ def evaluate_episodes(
     seconds = time.perf_counter() - start
     episodes = int(final.class_episodes.sum())
     return EpisodeScores(
-        final, meta, base, dataset.seed, episodes, seconds, feature_cache is not None
-    )
+        final, meta, base, dataset.seed, episodes, seconds, feature_cache is not None,
+        check_seconds,
+    )  # fmt: skip
 
 
 def evaluation_out_of_memory(
