@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from hdmnet_core.benchmark import write_benchmark_json
+from hdmnet_core.benchmark import cpu_instruction_set, write_benchmark_json
 from hdmnet_core.benchmark_report import render_model_speed
 from hdmnet_core.config import ModelConfig
 from hdmnet_core.model.hdmnet import DEFAULT_SPEEDUPS, EXACT_SPEEDUPS, HDMNet
@@ -217,14 +217,7 @@ def bf16_supported() -> bool:
             torch.nn.functional.conv2d(torch.randn(1, 8, 8, 8), torch.randn(8, 8, 3, 3))
     except RuntimeError:
         return False
-    return torch.backends.mkldnn.is_available() and "avx512_bf16" in cpu_flags()
-
-
-def cpu_flags() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+    return torch.backends.mkldnn.is_available() and bool(cpu_instruction_set()["native_bf16"])
 
 
 def compare(reference: Any, candidate: Any) -> dict[str, float | bool]:

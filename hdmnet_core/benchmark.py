@@ -178,6 +178,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_instruction_set() -> dict[str, Any]:
+    """The vector instructions torch's CPU kernels use (``AVX2``, ``AVX512``, ...) and
+    whether the CPU does bf16 arithmetic natively: without ``avx512_bf16``/``amx_bf16`` the
+    bf16 rows run emulated and can be many times slower than fp32 on the same machine."""
+    import torch
+
+    try:
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        flags = set()
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None,
+    }
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its affinity), else the machine's count."""
     if hasattr(os, "sched_getaffinity"):
@@ -193,6 +213,7 @@ def machine_facts() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu_model(),
+        "cpu_instructions": cpu_instruction_set(),
         "cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),

@@ -43,9 +43,15 @@ def machine_line(machine: Mapping[str, Any]) -> str:
     load = machine.get("load_average") or []
     load_text = f", load average {load[0]}" if load else ""
     threads = machine.get("torch_threads", "?")
+    isa = machine.get("cpu_instructions") or {}
+    isa_text = ""
+    if isa.get("capability"):
+        bf16 = {True: ", native bf16", False: ", bf16 emulated"}.get(isa.get("native_bf16"), "")
+        isa_text = f"{isa['capability']}{bf16}, "
     return (
         f"Measured {str(machine.get('date', '?'))[:10]} on {machine.get('cpu', '?')} "
-        f"({machine.get('cores', '?')} cores, {threads} torch thread{'' if threads == 1 else 's'}, "
+        f"({isa_text}{machine.get('cores', '?')} cores, "
+        f"{threads} torch thread{'' if threads == 1 else 's'}, "
         f"{gpu}), torch {machine.get('torch', '?')}{load_text}."
     )
 

@@ -260,3 +260,13 @@ def test_report_regenerates_the_table_4_twin_exactly(tmp_path: Path) -> None:
     )
     assert doc.read_text() == before + block("model_size", expected) + after
     assert readme.read_text() == "no markers\n"
+
+
+def test_machine_sentence_names_the_instruction_set_when_recorded() -> None:
+    emulated = {**MACHINE, "cpu_instructions": {"capability": "AVX2", "native_bf16": False}}
+    native = {**MACHINE, "cpu_instructions": {"capability": "AVX512", "native_bf16": True}}
+    assert report.machine_line(emulated).startswith(
+        "Measured 2026-12-02 on Test CPU (AVX2, bf16 emulated, 2 cores, 2 torch threads, no GPU)"
+    )
+    assert "(AVX512, native bf16, 2 cores," in report.machine_line(native)
+    assert "(2 cores," in report.machine_line(MACHINE)  # records written before the field

@@ -153,6 +153,15 @@ def test_benchmark_cli_quick_subset_writes_json_with_machine_facts(tmp_path: Pat
         machine = record["machine"]
         assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and machine["cpu"]
         assert machine["torch"] and machine["date"] and len(machine["load_average"]) == 3
+        assert machine["cpu_instructions"]["capability"] in {
+            "DEFAULT",
+            "VSX",
+            "Z VECTOR",
+            "NO AVX",
+            "AVX2",
+            "AVX512",
+            "SVE256",
+        }
     rows = json.loads((tmp_path / "model_size.json").read_text())["rows"]
     assert [r["num_stages"] for r in rows] == [1, 2, 3, 4]
     for row in rows:
