@@ -46,7 +46,8 @@ def machine_line(machine: Mapping[str, Any]) -> str:
     isa = machine.get("cpu_instructions") or {}
     isa_text = ""
     if isa.get("capability"):
-        bf16 = {True: ", native bf16", False: ", bf16 emulated"}.get(isa.get("native_bf16"), "")
+        native = isa.get("native_bf16")
+        bf16 = "" if native is None else (", native bf16" if native else ", bf16 emulated")
         isa_text = f"{isa['capability']}{bf16}, "
     return (
         f"Measured {str(machine.get('date', '?'))[:10]} on {machine.get('cpu', '?')} "
