@@ -167,15 +167,21 @@ BY_NAME = {b.name: b for b in BENCHMARKS}
 
 
 # ----------------------------------------------------------------- machine facts
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+def cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name : value`` line of ``/proc/cpuinfo``; None where there
+    is no such file or line (not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_instruction_set() -> dict[str, Any]:
@@ -184,14 +190,7 @@ def cpu_instruction_set() -> dict[str, Any]:
     bf16 rows run emulated and can be many times slower than fp32 on the same machine."""
     import torch
 
-    try:
-        flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        flags = set()
+    flags = set((cpuinfo_field("flags") or "").split())
     return {
         "capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None,
