@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/training_speed.py                       # cpu-tiny, 60 steps
     .venv/bin/python benchmarks/training_speed.py --workers 0 1 2 --amp off bf16 --steps 100
-    .venv/bin/python benchmarks/training_speed.py --profile pascal-r50 --device cuda --amp bf16
+    .venv/bin/python benchmarks/training_speed.py --profile pascal-r50 --device cuda --amp bf16 \
+        --compile off on --base-steps 50 --steps 200     # what benchmarks/gpu_check.sh runs
 
-Each setting trains stage 1 and stage 2 for ``--steps`` steps (no validation, no checkpoint;
-seconds per step from the logged rates after the first window, so start-up is excluded)
-on the profile's data and prints seconds per step, episodes (images) per second, peak
-memory and the projected length of the profile's full course (stage-1 steps x stage-1 time
-+ stage-2 steps x stage-2 time, validation excluded).
+Each setting (precision x ``torch.compile`` x worker count) trains stage 1 for
+``--base-steps`` and stage 2 for ``--steps`` steps (no validation, no checkpoint; seconds
+per step from the logged rates after the first window, so start-up and compilation are
+excluded) on the profile's data and prints seconds per step, episodes (images) per second,
+peak memory, the stage-2 loss of the first and the last logged window (does it fall?) and
+the projected length of the profile's full course (stage-1 steps x stage-1 time + stage-2
+steps x stage-2 time, validation excluded).
 
 Next to it, per profile: how fast one data-loader worker makes stage-2 training episodes
 (the profile's ``EpisodeDataset`` with its augmentation, ``--loading-items`` episodes in
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import statistics
 import tempfile
@@ -76,11 +80,11 @@ def loading_rate(config: Config, items: int) -> float:
         torch.set_num_threads(threads)
 
 
-def measure(config: Config, steps: int, work: Path) -> dict[str, Any]:
+def measure(config: Config, steps: int, base_steps: int, work: Path) -> dict[str, Any]:
     quick = config.with_overrides(
         **{
-            "train.base_learner_steps": steps,
-            "train.base_learner_val_every": steps + 1,
+            "train.base_learner_steps": base_steps,
+            "train.base_learner_val_every": base_steps + 1,
             "train.max_steps": steps,
             "train.val_every": steps + 1,
             "train.selection_split": "none",
@@ -91,14 +95,13 @@ def measure(config: Config, steps: int, work: Path) -> dict[str, Any]:
     t = config.train
     start = time.perf_counter()
     base = train_base(quick, work / "base", progress=False)
-    base_wall = (time.perf_counter() - start) / steps
+    base_wall = (time.perf_counter() - start) / base_steps
     start = time.perf_counter()
     train_meta(quick, work / "meta", base.last, progress=False)
     meta_wall = (time.perf_counter() - start) / steps
     base_seconds = steady_seconds_per_step(work / "base", "images", t.base_learner_batch_size)
     meta_seconds = steady_seconds_per_step(work / "meta", "episodes", t.batch_size)
-    base_steps = t.base_learner_steps or t.base_learner_epochs
-    meta_steps = t.max_steps or t.epochs
+    meta_loss = logged(work / "meta", "total")
     return {
         "base_seconds_per_step": base_seconds,
         "meta_seconds_per_step": meta_seconds,
@@ -108,8 +111,25 @@ def measure(config: Config, steps: int, work: Path) -> dict[str, Any]:
         "meta_episodes_per_second": t.batch_size / meta_seconds,
         "base_peak_memory_mb": max(logged(work / "base", "peak_memory_mb")),
         "meta_peak_memory_mb": max(logged(work / "meta", "peak_memory_mb")),
-        "projected_course_minutes": (base_steps * base_seconds + meta_steps * meta_seconds) / 60,
+        "meta_loss_first_window": meta_loss[0],
+        "meta_loss_last_window": meta_loss[-1],
+        "projected_course_minutes": projected_course_minutes(config, base_seconds, meta_seconds),
     }
+
+
+def projected_course_minutes(
+    config: Config, base_seconds: float, meta_seconds: float
+) -> float | None:
+    """The profile's two stages at these step times; ``None`` for a profile whose stages are
+    set in epochs (full-size ones): their length is the real dataset's, not the data timed."""
+    t = config.train
+    if not (t.base_learner_steps and t.max_steps):
+        return None
+    return (t.base_learner_steps * base_seconds + t.max_steps * meta_seconds) / 60
+
+
+def course_text(minutes: float | None) -> str:
+    return "set in epochs" if minutes is None else f"{minutes:.1f} min + validation"
 
 
 def main() -> None:
@@ -119,9 +139,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", nargs="+", default=["cpu-tiny"], type=profile_argument, metavar="NAME"
     )
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=60, help="stage-2 steps per setting")
+    parser.add_argument(
+        "--base-steps", type=int, default=None, help="stage-1 steps per setting (default: --steps)"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--amp", nargs="+", default=["off"], choices=["off", "bf16", "fp16"])
+    parser.add_argument(
+        "--compile", nargs="+", default=["off"], choices=["off", "on"], help="torch.compile"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--loading-items", type=int, default=40, help="episodes timed for the loading rate"
@@ -132,32 +158,46 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     overrides = {**parse_overrides(args.overrides), "train.device": args.device}
+    base_steps = args.base_steps or args.steps
     rows = []
     loading: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="training-speed-") as folder:
         for profile in args.profile:
             config = Config.from_profile(profile, **overrides)
-            for amp in args.amp:
-                for workers in args.workers:
-                    setting = config.with_overrides(
-                        **{"data.num_workers": workers, "train.amp": amp}
-                    )
-                    work = Path(folder) / f"{profile}-{amp}-{workers}"
-                    result = measure(setting, args.steps, work)
-                    rows.append({"profile": profile, "amp": amp, "workers": workers, **result})
-                    print(
-                        f"{profile}, amp {amp}, workers {workers}: stage 1 "
-                        f"{result['base_seconds_per_step']:.3f} s/step, stage 2 "
-                        f"{result['meta_seconds_per_step']:.3f} s/step, course "
-                        f"{result['projected_course_minutes']:.1f} min + validation",
-                        flush=True,
-                    )
+            for amp, compiled, workers in itertools.product(args.amp, args.compile, args.workers):
+                setting = config.with_overrides(
+                    **{
+                        "data.num_workers": workers,
+                        "train.amp": amp,
+                        "train.compile": compiled == "on",
+                    }
+                )
+                work = Path(folder) / f"{profile}-{amp}-{compiled}-{workers}"
+                result = measure(setting, args.steps, base_steps, work)
+                rows.append(
+                    {
+                        "profile": profile,
+                        "amp": amp,
+                        "compile": compiled == "on",
+                        "workers": workers,
+                        **result,
+                    }
+                )
+                print(
+                    f"{profile}, amp {amp}, compile {compiled}, workers {workers}: stage 1 "
+                    f"{result['base_seconds_per_step']:.3f} s/step, stage 2 "
+                    f"{result['meta_seconds_per_step']:.3f} s/step (loss "
+                    f"{result['meta_loss_first_window']:.3f} -> "
+                    f"{result['meta_loss_last_window']:.3f}), course "
+                    f"{course_text(result['projected_course_minutes'])}",
+                    flush=True,
+                )
             loading[profile] = loading_rate(config, args.loading_items)
     for row in rows:
         per_worker = loading[row["profile"]]
         row["loading_episodes_per_second_per_worker"] = per_worker
         row["workers_to_keep_up"] = math.ceil(row["meta_episodes_per_second"] / per_worker)
-    payload = {"device": args.device, "steps": args.steps, "rows": rows}
+    payload = {"device": args.device, "steps": args.steps, "base_steps": base_steps, "rows": rows}
     print()
     print(render_training_speed(payload))
     write_benchmark_json(args.json, "training_speed", payload)

@@ -186,14 +186,18 @@ def render_evaluation_speed(record: Record) -> str:
 
 
 def render_training_speed(record: Record) -> str:
-    """Seconds per step of both stages, peak memory, projected course, loading per worker."""
+    """Seconds per step of both stages, the stage-2 loss, peak memory, projected course,
+    loading per worker. Records from before ``compile`` and the loss were measured show
+    "–" there (and "off" for compile, the only setting they timed)."""
     header = [
         "profile",
         "amp",
+        "compile",
         "workers",
         "stage 1 s/step",
         "stage 2 s/step",
         "stage 2 episodes/s",
+        "stage 2 loss, first → last window",
         "peak MB",
         "course min",
         "loading episodes/s per worker",
@@ -203,24 +207,38 @@ def render_training_speed(record: Record) -> str:
         [
             r["profile"],
             r["amp"],
+            "on" if r.get("compile") else "off",
             str(r["workers"]),
             f"{r['base_seconds_per_step']:.3f}",
             f"{r['meta_seconds_per_step']:.3f}",
             f"{r['meta_episodes_per_second']:.1f}",
+            loss_change(r.get("meta_loss_first_window"), r.get("meta_loss_last_window")),
             f"{max(r['base_peak_memory_mb'], r['meta_peak_memory_mb']):.0f}",
-            f"{r['projected_course_minutes']:.1f}",
+            "epochs"
+            if r["projected_course_minutes"] is None
+            else f"{r['projected_course_minutes']:.1f}",
             f"{r['loading_episodes_per_second_per_worker']:.1f}",
             str(r["workers_to_keep_up"]),
         ]
         for r in record["rows"]
     ]
+    base_steps = record.get("base_steps", record["steps"])
     note = (
-        f"{record['steps']} steps per stage and setting on {record['device']}; s/step = the "
-        "median logged rate after the first window (start-up excluded); course min = the "
-        "profile's steps x these times (validation excluded); workers to keep up = "
-        "ceil(training episodes/s / loading episodes/s of one worker)."
+        f"{base_steps} stage-1 and {record['steps']} stage-2 steps per setting on "
+        f"{record['device']}; s/step = the median logged rate after the first window "
+        "(start-up and compilation excluded); course min = the profile's steps x these times "
+        '(validation excluded; "epochs": a full-size profile, whose length is its real '
+        "dataset's); workers to keep up = ceil(training episodes/s / loading episodes/s of "
+        "one worker)."
     )
     return markdown_table(header, rows) + "\n\n" + note
+
+
+def loss_change(first: float | None, last: float | None) -> str:
+    """``"0.912 → 0.405"``, or "–" where a record did not measure it."""
+    if first is None or last is None:
+        return "–"
+    return f"{first:.3f} → {last:.3f}"
 
 
 def render_data_loading(record: Record) -> str:
@@ -299,7 +317,8 @@ def summary_rows(records: Mapping[str, Record]) -> list[list[str]]:
     training = records.get("training_speed")
     if training is not None:
         for r in training["rows"]:
-            if r["profile"] == "cpu-tiny" and r["amp"] == "off" and r["workers"] == 0:
+            plain = r["amp"] == "off" and not r.get("compile") and r["workers"] == 0
+            if r["profile"] == "cpu-tiny" and plain:
                 rows.append(
                     [
                         "cpu-tiny course, both stages (steps x measured step time)",

@@ -153,7 +153,29 @@ def test_each_table_renders_its_numbers() -> None:
     assert "| 1 | 0.500 / 4.000 | 8.0 | 9.0 | 1.50 | 6.5 | 10.0 / 2.0 | 10.0 / 2.0 |" in evaluation
     assert "3 GB (over budget: uncached) |" in evaluation and "identical" in evaluation
     training = report.render_training_speed(training_speed_record())
-    assert "| cpu-tiny | off | 0 | 0.100 | 0.250 | 64.0 | 1200 | 6.7 | 30.0 | 3 |" in training
+    # a record from before compile and the loss were measured
+    assert (
+        "| cpu-tiny | off | off | 0 | 0.100 | 0.250 | 64.0 | – | 1200 | 6.7 | 30.0 | 3 |"
+        in training
+    )
+    assert "60 stage-1 and 60 stage-2 steps per setting on cpu" in training
+    record = training_speed_record()
+    full_size = {
+        **record["rows"][0],
+        "profile": "pascal-r50",
+        "amp": "bf16",
+        "compile": True,
+        "meta_loss_first_window": 0.9123,
+        "meta_loss_last_window": 0.4051,
+        "projected_course_minutes": None,
+    }
+    record.update(base_steps=50, steps=200, rows=[full_size])
+    training = report.render_training_speed(record)
+    assert (
+        "| pascal-r50 | bf16 | on | 0 | 0.100 | 0.250 | 64.0 | 0.912 → 0.405 | 1200 | epochs |"
+        in training
+    )
+    assert "50 stage-1 and 200 stage-2 steps per setting on cpu" in training
 
 
 def test_report_rewrites_marked_tables_of_both_documents_and_nothing_else(tmp_path: Path) -> None:

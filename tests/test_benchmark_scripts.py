@@ -125,19 +125,22 @@ def test_cpu_tiny_course_runs_the_chain_and_the_baselines_on_the_same_episodes(
 
 def test_training_speed_benchmark_times_both_stages(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "training_speed.py"), "--steps", "2"]
-    command += ["--workers", "0", "--json", str(out)]
+    command = [sys.executable, str(ROOT / "benchmarks" / "training_speed.py"), "--steps", "3"]
+    command += ["--base-steps", "2", "--workers", "0", "--json", str(out)]
     for key, value in {**TINY_SETTINGS, "data.root": str(tmp_path / "data")}.items():
         command += ["--set", f"{key}={value}"]
     env = {"OMP_NUM_THREADS": "1", "CI": "1", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "| amp | workers | stage 1 s/step |" in result.stdout
+    assert "| amp | compile | workers | stage 1 s/step |" in result.stdout
     record = json.loads(out.read_text())
     assert render_training_speed(record) in result.stdout
+    assert (record["base_steps"], record["steps"]) == (2, 3)
     row = record["rows"][0]
     assert row["base_seconds_per_step"] > 0 and row["meta_seconds_per_step"] > 0
-    assert row["meta_peak_memory_mb"] > 0
+    assert row["meta_peak_memory_mb"] > 0 and row["compile"] is False
+    assert row["meta_loss_first_window"] > 0 and row["meta_loss_last_window"] > 0
+    assert row["projected_course_minutes"] > 0  # cpu-tiny sets its stages in steps
 
 
 def test_benchmark_cli_quick_subset_writes_json_with_machine_facts(tmp_path: Path) -> None:

@@ -304,10 +304,35 @@ def test_ddp_two_gloo_processes_equal_one_process_with_accumulation(
         command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "2 process(es) x 1 accumulation x 2" in done.stdout
+    assert "2 process(es) x 1 accumulation x 2" in done.stdout and "DDP over gloo" in done.stdout
     ours, theirs = state_of(single.last), state_of(out / "last.pt")
     for key in ours:
         torch.testing.assert_close(theirs[key], ours[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_torchrun_with_one_process_takes_the_ddp_path_and_equals_the_plain_run(
+    workspace: Path, base_checkpoint: Path
+) -> None:
+    """``torchrun --nproc_per_node 1`` (the GPU check's DDP run) joins a process group and
+    wraps the model in DDP; with one process it must train exactly as the plain run."""
+    config = tiny_config(workspace / "data", **{"train.max_steps": 2, "train.checkpoint_every": 0})
+    plain = train_meta(config, workspace / "plain", base_checkpoint, progress=False)
+    out = workspace / "ddp1"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+        "--master_port", "29519", "-m", "hdmnet_core", "train", "meta", "--profile", "cpu-tiny",
+        "--base-ckpt", str(base_checkpoint), "--out", str(out), "--device", "cpu",
+    ]  # fmt: skip
+    command += set_flags(config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
+    done = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 process(es) x 1 accumulation x 4; device cpu; amp off; DDP over gloo" in done.stdout
+    ours, theirs = state_of(plain.last), state_of(out / "last.pt")
+    for key in ours:
+        torch.testing.assert_close(theirs[key], ours[key], rtol=0, atol=0, msg=key)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

@@ -2,7 +2,9 @@
 
 ``torchrun --nproc_per_node N -m hdmnet_core train meta ...`` sets ``RANK``, ``LOCAL_RANK``
 and ``WORLD_SIZE``; :func:`setup` then joins the process group (NCCL on CUDA, gloo on CPU)
-and gives each process its device. Multi-node runs are torchrun's own rendezvous, e.g. on
+and gives each process its device. Under torchrun that is so for ``N = 1`` too (one
+process, the whole DDP path: process group, ``DistributedDataParallel``, all-reduces), so
+that ``torchrun --nproc_per_node 1`` on one GPU checks what a many-GPU run uses. Multi-node runs are torchrun's own rendezvous, e.g. on
 each of 2 nodes::
 
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d \\
@@ -36,6 +38,8 @@ class ProcessInfo:
     local_rank: int
     world_size: int
     device: torch.device
+    in_process_group: bool = False
+    """Joined torch.distributed's group: launched by torchrun, whatever ``world_size``."""
 
     @property
     def is_main(self) -> bool:
@@ -43,7 +47,7 @@ class ProcessInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.in_process_group
 
 
 def setup(device_name: str = "auto") -> ProcessInfo:
@@ -52,14 +56,15 @@ def setup(device_name: str = "auto") -> ProcessInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
-    if world_size > 1:
+    under_torchrun = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if under_torchrun:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend=backend)
-    return ProcessInfo(rank, local_rank, world_size, device)
+    return ProcessInfo(rank, local_rank, world_size, device, in_process_group=under_torchrun)
 
 
 def micro_batch_size(global_batch: int, world_size: int, grad_accum: int, key: str) -> int:

@@ -247,7 +247,7 @@ def fit(
         print(
             f"[train {job.stage}] {job.total_steps} steps, global batch {job.global_batch} = "
             f"{process.world_size} process(es) x {t.grad_accum} accumulation x {micro}; "
-            f"device {device}; amp {t.amp}",
+            f"device {device}; amp {t.amp}{ddp_text()}",
             flush=True,
         )
     bar = make_bar(job, state.step, process.is_main and progress_wanted(progress_bar))
@@ -404,6 +404,15 @@ def wrap_for_training(model: nn.Module, process: ProcessInfo, compile_model: boo
     if compile_model:
         wrapped = torch.compile(wrapped)  # type: ignore[assignment]
     return wrapped
+
+
+def ddp_text() -> str:
+    """``"; DDP over nccl"`` in the start line of a run in a process group, else ``""``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return ""
+    return f"; DDP over {dist.get_backend()}"
 
 
 def make_bar(job: StageJob, initial: int, enabled: bool) -> Any:
