@@ -282,6 +282,24 @@ def test_nan_loss_stops_naming_step_and_terms(
 
 
 # ---------------------------------------------------------------------------- DDP
+def torchrun_meta(
+    processes: int, port: int, config: Config, base_checkpoint: Path, out: Path
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node processes ... train meta`` on CPU (gloo) with ``config``."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_port", str(port), "-m", "hdmnet_core", "train", "meta", "--profile", "cpu-tiny",
+        "--base-ckpt", str(base_checkpoint), "--out", str(out), "--device", "cpu",
+    ]  # fmt: skip
+    command += set_flags(config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
+    done = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def test_ddp_two_gloo_processes_equal_one_process_with_accumulation(
     workspace: Path, base_checkpoint: Path
 ) -> None:
@@ -293,17 +311,7 @@ def test_ddp_two_gloo_processes_equal_one_process_with_accumulation(
         progress=False,
     )
     out = workspace / "ddp"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "29517", "-m", "hdmnet_core", "train", "meta", "--profile", "cpu-tiny",
-        "--base-ckpt", str(base_checkpoint), "--out", str(out), "--device", "cpu",
-    ]  # fmt: skip
-    command += set_flags(config)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
-    done = subprocess.run(
-        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = torchrun_meta(2, 29517, config, base_checkpoint, out)
     assert "2 process(es) x 1 accumulation x 2" in done.stdout and "DDP over gloo" in done.stdout
     ours, theirs = state_of(single.last), state_of(out / "last.pt")
     for key in ours:
@@ -318,17 +326,7 @@ def test_torchrun_with_one_process_takes_the_ddp_path_and_equals_the_plain_run(
     config = tiny_config(workspace / "data", **{"train.max_steps": 2, "train.checkpoint_every": 0})
     plain = train_meta(config, workspace / "plain", base_checkpoint, progress=False)
     out = workspace / "ddp1"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-        "--master_port", "29519", "-m", "hdmnet_core", "train", "meta", "--profile", "cpu-tiny",
-        "--base-ckpt", str(base_checkpoint), "--out", str(out), "--device", "cpu",
-    ]  # fmt: skip
-    command += set_flags(config)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
-    done = subprocess.run(
-        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = torchrun_meta(1, 29519, config, base_checkpoint, out)
     assert "1 process(es) x 1 accumulation x 4; device cpu; amp off; DDP over gloo" in done.stdout
     ours, theirs = state_of(plain.last), state_of(out / "last.pt")
     for key in ours:
