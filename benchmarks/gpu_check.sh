@@ -15,9 +15,9 @@
 #   3. evaluation_speed.py: evaluation episodes/s with and without the feature cache, and
 #      the projected PASCAL-5i / COCO-20i protocol times.
 # It writes training_speed.json, evaluation_speed.json, ddp_metrics.csv and gpu_check.log
-# into RESULTS
-# (default benchmarks/results/<device>/, where benchmarks/report.py reads them: copy the
-# JSON there and run `benchmarks/report.py` to fill docs/benchmarks.md's cuda tables).
+# into RESULTS (default benchmarks/results/<device>/, where benchmarks/report.py reads
+# them: copy the JSON there and run `benchmarks/report.py` to fill docs/benchmarks.md's
+# cuda tables).
 #
 # Every size is a variable; the CPU rehearsal (what the test runs, under a minute):
 #

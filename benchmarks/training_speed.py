@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/training_speed.py                       # cpu-tiny, 60 steps
     .venv/bin/python benchmarks/training_speed.py --workers 0 1 2 --amp off bf16 --steps 100
     .venv/bin/python benchmarks/training_speed.py --profile pascal-r50 --device cuda --amp bf16 \
-        --compile off on --base-steps 50 --steps 200     # what benchmarks/gpu_check.sh runs
+        --compile off on --base-steps 30 --steps 150     # what benchmarks/gpu_check.sh runs
 
 Each setting (precision x ``torch.compile`` x worker count) trains stage 1 for
 ``--base-steps`` and stage 2 for ``--steps`` steps (no validation, no checkpoint; seconds

@@ -4,8 +4,8 @@
 and ``WORLD_SIZE``; :func:`setup` then joins the process group (NCCL on CUDA, gloo on CPU)
 and gives each process its device. Under torchrun that is so for ``N = 1`` too (one
 process, the whole DDP path: process group, ``DistributedDataParallel``, all-reduces), so
-that ``torchrun --nproc_per_node 1`` on one GPU checks what a many-GPU run uses. Multi-node runs are torchrun's own rendezvous, e.g. on
-each of 2 nodes::
+that ``torchrun --nproc_per_node 1`` on one GPU checks what a many-GPU run uses.
+Multi-node runs are torchrun's own rendezvous, e.g. on each of 2 nodes::
 
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d \\
         --rdzv_endpoint HOST:29500 --rdzv_id hdmnet -m hdmnet_core train meta ...

@@ -247,7 +247,7 @@ def fit(
         print(
             f"[train {job.stage}] {job.total_steps} steps, global batch {job.global_batch} = "
             f"{process.world_size} process(es) x {t.grad_accum} accumulation x {micro}; "
-            f"device {device}; amp {t.amp}{ddp_text()}",
+            f"device {device}; amp {t.amp}{ddp_text(process)}",
             flush=True,
         )
     bar = make_bar(job, state.step, process.is_main and progress_wanted(progress_bar))
@@ -406,13 +406,11 @@ def wrap_for_training(model: nn.Module, process: ProcessInfo, compile_model: boo
     return wrapped
 
 
-def ddp_text() -> str:
+def ddp_text(process: ProcessInfo) -> str:
     """``"; DDP over nccl"`` in the start line of a run in a process group, else ``""``."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return ""
-    return f"; DDP over {dist.get_backend()}"
+    return f"; DDP over {dist.get_backend()}" if process.distributed else ""
 
 
 def make_bar(job: StageJob, initial: int, enabled: bool) -> Any:
