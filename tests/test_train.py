@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -349,3 +351,46 @@ def test_mixed_precision_trains_with_finite_losses(
     rows = (workspace / f"amp-{amp}" / "metrics.csv").read_text().splitlines()
     total = [float(r.split(",")[rows[0].split(",").index("train/total")]) for r in rows[1:]]
     assert all(v == v and abs(v) < 1e4 for v in total)
+
+
+# ------------------------------------------------------------------ torch.compile
+class GraphRecorder:
+    """A ``torch.compile`` backend that runs each captured graph eagerly and records
+    whether any of its inputs had a symbolic (dynamic) size."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+        self.dynamic_inputs: list[str] = []
+
+    def __call__(self, graph: torch.fx.GraphModule, inputs: list[object]) -> Callable[..., Any]:
+        self.graphs += 1
+        for i, value in enumerate(inputs):
+            sizes = value.shape if isinstance(value, torch.Tensor) else (value,)
+            if any(isinstance(size, torch.SymInt) for size in sizes):
+                self.dynamic_inputs.append(f"graph {self.graphs} input {i}: {value!r}"[:200])
+        return graph.forward
+
+
+def test_compiled_meta_model_has_static_shapes_at_every_stage_and_equals_eager(
+    workspace: Path, base_checkpoint: Path
+) -> None:
+    # The hierarchy runs the same matching code at 8 x 8, 4 x 4 and 2 x 2 (and the priors
+    # at two feature sizes): torch.compile's default would make those sizes symbolic at
+    # the second stage, which inductor then failed to lower. wrap_for_training compiles
+    # them static; the recording backend sees what inductor would be handed.
+    torch._dynamo.reset()
+    config = tiny_config(workspace / "data")
+    process = train.setup("cpu")
+    job = train.meta_learner_job(config, workspace / "compile", base_checkpoint, process)
+    batch = job.collate([job.train_data[i] for i in range(config.train.batch_size)])
+    recorder = GraphRecorder()
+    compiled = train.wrap_for_training(job.model, process, True, compile_backend=recorder)
+    torch.manual_seed(0)
+    eager_terms = train.meta_learner_loss(job.model, batch, process.device)
+    torch.manual_seed(0)
+    compiled_terms = train.meta_learner_loss(compiled, batch, process.device)
+    torch._dynamo.reset()
+    assert recorder.graphs > 3, "the model was not compiled"
+    assert not recorder.dynamic_inputs, recorder.dynamic_inputs[:3]
+    for name, value in eager_terms.items():
+        torch.testing.assert_close(compiled_terms[name], value, rtol=0, atol=0, msg=name)

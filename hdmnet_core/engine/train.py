@@ -395,14 +395,28 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"lr_group{i}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
 
 
-def wrap_for_training(model: nn.Module, process: ProcessInfo, compile_model: bool) -> nn.Module:
-    """DDP when distributed, then ``torch.compile`` when asked."""
+def wrap_for_training(
+    model: nn.Module,
+    process: ProcessInfo,
+    compile_model: bool,
+    compile_backend: str | Callable[..., Any] = "inductor",
+) -> nn.Module:
+    """DDP when distributed, then ``torch.compile`` when asked.
+
+    Compiled with static shapes (``dynamic=False``): the hierarchy runs the same matching
+    code at every stage's map size (e.g. 8 x 8, 4 x 4, 2 x 2), and the support masks and
+    priors run at each feature size, so torch's default would mark those sizes dynamic
+    at the second size it meets, and inductor then fails to lower the symbolic strides
+    ("cannot determine truth value of Relational"). Static shapes compile each size
+    once; a training crop has a fixed size, so the set of sizes is small and fixed.
+    ``compile_backend`` is ``torch.compile``'s backend (the tests pass a recording one).
+    """
     wrapped = model
     if process.distributed:
         device_ids = [process.device.index] if process.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if compile_model:
-        wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+        wrapped = torch.compile(wrapped, dynamic=False, backend=compile_backend)  # type: ignore[assignment]
     return wrapped
 
 
